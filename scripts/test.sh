@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs the package with its test extras, then runs
+# pytest. Services the tests need (Ray clusters, mlflow servers, PostgreSQL) are started and stopped
+# by the test fixtures themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet -e ".[dev]"
+# Ray's token auth (default on for local clusters in Ray 2.60) writes ~/.ray/auth_token; tests start
+# their own clusters and must not pick up a stale RAY_ADDRESS or tracking URI from the caller.
+unset RAY_ADDRESS MLFLOW_TRACKING_URI
+exec python3 -m pytest "$@"
