@@ -77,6 +77,9 @@ class SynthesisConfig(_Section):
         0.3, ge=0.0, le=1.0, description="Brightness/saturation jitter amplitude for the structural source."
     )
     structure_hue_jitter: float = Field(0.1, ge=0.0, le=0.5, description="Hue jitter (fraction of the hue circle).")
+    structure_flip_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="Structural source: P(horizontal mirror), and independently P(vertical)."
+    )
     synthetic_ratio: float = Field(
         0.5, gt=0.0, lt=1.0, description="Share of each training batch that is synthetic (authors: 4 of 8)."
     )
