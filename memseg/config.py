@@ -101,7 +101,11 @@ class SynthesisConfig(_Section):
 class ModelConfig(_Section):
     """The network (spec section 1)."""
 
-    backbone: str = Field("resnet18", description="timm backbone name (features_only).")
+    backbone: str = Field(
+        "resnet18.tv_in1k",
+        description="timm ResNet name, optionally with a pretrained tag; tv_in1k = the torchvision ImageNet "
+        "weights the authors' code uses ([OFF] torchvision resnet18).",
+    )
     backbone_weights: str = Field(
         "imagenet",
         description="'imagenet' (timm pretrained, from the local cache or the hub), 'none' (random init) "
@@ -116,6 +120,11 @@ class ModelConfig(_Section):
     memory_pooling: bool = Field(True, description="3x3 average pooling before the memory comparison (authors).")
     per_level_selection: bool = Field(True, description="Pick the closest memory sample per level (authors).")
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
+    head_init: Literal["normal", "default"] = Field(
+        "normal",
+        description="Init of MSFF and decoder: 'normal' = conv N(0, 0.02), BN weight N(1, 0.02) (spec 1.5); "
+        "'default' = PyTorch default init (what [OFF]'s Init() leaves in effect, as it skips nested modules).",
+    )
 
 
 class LossConfig(_Section):
