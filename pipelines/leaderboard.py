@@ -1,0 +1,260 @@
+"""The leaderboard of a sweep: one row per category, ours beside the paper's (issue 4, spec 5.1).
+
+Pure: takes plain :class:`CategoryResult` records (``pipelines.report`` reads them from MLflow)
+and renders one pandas table three ways: CSV (machine-readable, full precision), Markdown and a
+self-contained HTML page with the heat-map examples embedded as data URIs, so the page still works
+when downloaded from MLflow on its own.
+
+Units: every AUROC/AUPRO column is a percentage (the paper's unit) rounded only when rendered.
+"Delta" columns are ours minus the paper's, on the TEST split (the paper reports test figures).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.paper_results import CAVEAT, paper_figures
+
+METRIC_COLUMNS = (
+    "val_image_auroc",
+    "val_pixel_auroc",
+    "val_pixel_aupro",
+    "test_image_auroc",
+    "test_pixel_auroc",
+    "test_pixel_aupro",
+    "paper_image_auroc",
+    "diff_image_auroc",
+    "paper_pixel_auroc",
+    "diff_pixel_auroc",
+)
+COLUMNS = (
+    "category",
+    *METRIC_COLUMNS,
+    "trials_run",
+    "trials_pruned",
+    "trials_failed",
+    "cpu_hours",
+    "gpu_hours",
+    "best_trial",
+    "model",
+    "hyperparameters",
+)
+HEADERS = {
+    "category": "category",
+    "val_image_auroc": "val I-AUROC",
+    "val_pixel_auroc": "val P-AUROC",
+    "val_pixel_aupro": "val AUPRO",
+    "test_image_auroc": "test I-AUROC",
+    "test_pixel_auroc": "test P-AUROC",
+    "test_pixel_aupro": "test AUPRO",
+    "paper_image_auroc": "paper I-AUROC",
+    "diff_image_auroc": "Δ I-AUROC",
+    "paper_pixel_auroc": "paper P-AUROC",
+    "diff_pixel_auroc": "Δ P-AUROC",
+    "trials_run": "trials",
+    "trials_pruned": "pruned",
+    "trials_failed": "failed",
+    "cpu_hours": "CPU h",
+    "gpu_hours": "GPU h",
+    "best_trial": "best trial",
+    "model": "registered model",
+    "hyperparameters": "chosen hyperparameters",
+}
+MEAN_ROW = "mean"
+
+
+@dataclass(frozen=True)
+class CategoryResult:
+    """What one category's sweep produced.
+
+    Attributes:
+        category: the category name.
+        val: best trial's validation metrics, keys ``val_image_auroc`` ... as fractions in [0, 1].
+        test: the best trial's test metrics (``test_*``), measured once at registration; may be empty.
+        params: the chosen (swept) hyperparameters, dotted config names.
+        trials_run / trials_pruned / trials_failed: trial counts by outcome (run = all trials).
+        cpu_hours / gpu_hours: wall time x resources, summed over trials.
+        best_trial: the winning trial id.
+        model: ``name/version`` of the registered model ("" when not registered).
+        heatmaps: PNG files of heat-map overlays to show in the HTML page.
+    """
+
+    category: str
+    val: Mapping[str, float] = field(default_factory=dict)
+    test: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, object] = field(default_factory=dict)
+    trials_run: int = 0
+    trials_pruned: int = 0
+    trials_failed: int = 0
+    cpu_hours: float = 0.0
+    gpu_hours: float = 0.0
+    best_trial: str = ""
+    model: str = ""
+    heatmaps: Sequence[Path] = ()
+
+
+def _pct(value: float | None) -> float:
+    return float("nan") if value is None else 100.0 * float(value)
+
+
+def _format_params(params: Mapping[str, object]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+
+
+def build_table(results: Sequence[CategoryResult]) -> pd.DataFrame:
+    """One row per category (in the given order) plus a ``mean`` row when there are several.
+
+    Missing figures are NaN (shown as "-"); the paper columns are NaN for non-MVTec categories.
+    """
+    rows = []
+    for r in results:
+        paper = paper_figures(r.category)
+        row: dict[str, object] = {"category": r.category}
+        for split, metrics in (("val", r.val), ("test", r.test)):
+            for name in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+                row[f"{split}_{name}"] = _pct(metrics.get(f"{split}_{name}"))
+        row["paper_image_auroc"] = paper.image_auroc if paper else math.nan
+        row["paper_pixel_auroc"] = paper.pixel_auroc if paper else math.nan
+        row["diff_image_auroc"] = row["test_image_auroc"] - row["paper_image_auroc"]  # type: ignore[operator]
+        row["diff_pixel_auroc"] = row["test_pixel_auroc"] - row["paper_pixel_auroc"]  # type: ignore[operator]
+        row.update(
+            trials_run=r.trials_run,
+            trials_pruned=r.trials_pruned,
+            trials_failed=r.trials_failed,
+            cpu_hours=float(r.cpu_hours),
+            gpu_hours=float(r.gpu_hours),
+            best_trial=r.best_trial,
+            model=r.model,
+            hyperparameters=_format_params(r.params),
+        )
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if len(rows) > 1:
+        mean: dict[str, object] = {c: "" for c in COLUMNS}
+        mean["category"] = MEAN_ROW
+        for c in METRIC_COLUMNS:
+            mean[c] = table[c].mean(skipna=True) if table[c].notna().any() else math.nan
+        for c in ("trials_run", "trials_pruned", "trials_failed", "cpu_hours", "gpu_hours"):
+            mean[c] = table[c].sum()  # totals, not means: the budget the sweep used
+        table = pd.concat([table, pd.DataFrame([mean], columns=list(COLUMNS))], ignore_index=True)
+    for c in ("trials_run", "trials_pruned", "trials_failed"):
+        table[c] = table[c].astype("int64")
+    return table
+
+
+def _cell(column: str, value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if column.startswith("diff_"):
+            return f"{value:+.2f}"
+        if column.endswith("_hours"):
+            return f"{value:.3f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _display_rows(table: pd.DataFrame) -> list[list[str]]:
+    return [[_cell(c, row[c]) for c in table.columns] for _, row in table.iterrows()]
+
+
+def render_markdown(table: pd.DataFrame, *, title: str, notes: Sequence[str] = ()) -> str:
+    """GitHub-flavoured Markdown (written by hand: ``DataFrame.to_markdown`` needs ``tabulate``)."""
+
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    headers = [HEADERS.get(c, c) for c in table.columns]
+    numeric = [c in METRIC_COLUMNS or c.startswith(("trials_", "cpu_", "gpu_")) for c in table.columns]
+    lines = [f"# {title}", ""]
+    lines += [f"- {n}" for n in (*notes, CAVEAT)]
+    lines += ["", "| " + " | ".join(esc(h) for h in headers) + " |"]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    for cells in _display_rows(table):
+        lines.append("| " + " | ".join(esc(v) for v in cells) + " |")
+    lines.append("")
+    lines.append("Metrics in %. Δ = our test figure minus the paper's.")
+    return "\n".join(lines) + "\n"
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def render_html(
+    table: pd.DataFrame,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+    heatmaps: Mapping[str, Sequence[Path]] | None = None,
+) -> str:
+    """A self-contained page: the table, then heat-map examples per category (PNG data URIs)."""
+    headers = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in table.columns)
+    body = []
+    for cells, (_, row) in zip(_display_rows(table), table.iterrows(), strict=True):
+        tds = []
+        for c, text in zip(table.columns, cells, strict=True):
+            value = row[c]
+            cls = ""
+            if c.startswith("diff_") and isinstance(value, float) and not math.isnan(value):
+                cls = ' class="neg"' if value < 0 else ' class="pos"'
+            tds.append(f"<td{cls}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    parts = [
+        "<!doctype html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child"
+        "{text-align:left}.neg{color:#b00}.pos{color:#070}figure{display:inline-block;margin:4px}"
+        "img{width:192px;image-rendering:pixelated}figcaption{font-size:11px}</style>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, CAVEAT)) + "</ul>",
+        f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>",
+        "<p>Metrics in %. Δ = our test figure minus the paper's.</p>",
+    ]
+    for category, pngs in (heatmaps or {}).items():
+        if not pngs:
+            continue
+        parts.append(f"<h2>{html.escape(category)}: heat-map examples (test split)</h2><div>")
+        for png in pngs:
+            parts.append(
+                f'<figure><img src="{_data_uri(Path(png))}" alt="{html.escape(Path(png).name)}">'
+                f"<figcaption>{html.escape(Path(png).name)}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    csv: Path
+    html: Path
+
+
+def write_report(
+    results: Sequence[CategoryResult], out_dir: Path, *, title: str, notes: Sequence[str] = ()
+) -> ReportFiles:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = build_table(results)
+    files = ReportFiles(out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.html")
+    files.markdown.write_text(render_markdown(table, title=title, notes=notes))
+    table.to_csv(files.csv, index=False)
+    heatmaps = {r.category: list(r.heatmaps) for r in results}
+    files.html.write_text(render_html(table, title=title, notes=notes, heatmaps=heatmaps))
+    return files

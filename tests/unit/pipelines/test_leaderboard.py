@@ -1,0 +1,85 @@
+"""The leaderboard table and its three renderings, from plain data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.leaderboard import CategoryResult, build_table, render_markdown, write_report
+from pipelines.paper_results import PAPER_MEAN_IMAGE_AUROC, PAPER_MEAN_PIXEL_AUROC, paper_categories, paper_figures
+
+
+def _bottle() -> CategoryResult:
+    return CategoryResult(
+        category="bottle",
+        val={"val_image_auroc": 0.99, "val_pixel_auroc": 0.97, "val_pixel_aupro": 0.9},
+        test={"test_image_auroc": 0.95, "test_pixel_auroc": 0.98, "test_pixel_aupro": 0.85},
+        params={"optim.lr": 0.012345, "synthesis.perlin_threshold": 0.4},
+        trials_run=8,
+        trials_pruned=3,
+        trials_failed=1,
+        cpu_hours=1.5,
+        gpu_hours=0.25,
+        best_trial="t3",
+        model="memseg-mvtec-bottle/2",
+    )
+
+
+def test_paper_table_matches_the_headline_means() -> None:
+    cats = paper_categories()
+    assert len(cats) == 15
+    img = sum(paper_figures(c).image_auroc for c in cats) / 15  # type: ignore[union-attr]
+    pix = sum(paper_figures(c).pixel_auroc for c in cats) / 15  # type: ignore[union-attr]
+    assert img == pytest.approx(PAPER_MEAN_IMAGE_AUROC, abs=0.005)
+    assert pix == pytest.approx(PAPER_MEAN_PIXEL_AUROC, abs=0.02)
+    assert paper_figures("my_widget") is None
+
+
+def test_build_table_percentages_and_paper_difference() -> None:
+    table = build_table([_bottle()])
+    row = table.iloc[0]
+    assert row["test_image_auroc"] == pytest.approx(95.0)
+    assert row["paper_image_auroc"] == 100.0
+    assert row["diff_image_auroc"] == pytest.approx(-5.0)
+    assert row["diff_pixel_auroc"] == pytest.approx(98.0 - 99.3)
+    assert row["trials_pruned"] == 3
+    assert row["hyperparameters"] == "optim.lr=0.01235, synthesis.perlin_threshold=0.4"
+    assert len(table) == 1  # no mean row for a single category
+
+
+def test_mean_row_and_missing_values() -> None:
+    custom = CategoryResult(category="my_widget", val={"val_image_auroc": 0.5}, trials_run=2, cpu_hours=0.5)
+    table = build_table([_bottle(), custom])
+    assert list(table["category"]) == ["bottle", "my_widget", "mean"]
+    assert math.isnan(table.iloc[1]["paper_image_auroc"]) and math.isnan(table.iloc[1]["test_image_auroc"])
+    mean = table.iloc[2]
+    assert mean["val_image_auroc"] == pytest.approx((99.0 + 50.0) / 2)
+    assert mean["test_image_auroc"] == pytest.approx(95.0)  # NaN skipped
+    assert mean["trials_run"] == 10 and mean["cpu_hours"] == pytest.approx(2.0)
+
+
+def test_markdown_has_one_line_per_row() -> None:
+    md = render_markdown(build_table([_bottle()]), title="Sweep s1", notes=["sweep s1"])
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 3  # header, rule, bottle
+    assert "| bottle | 99.00 | 97.00 | 90.00 | 95.00 | 98.00 | 85.00 | 100.00 | -5.00 |" in md
+    assert "UNVERIFIED" in md
+
+
+def test_write_report_writes_csv_md_html_with_heatmaps(tmp_path: Path) -> None:
+    png = tmp_path / "overlay.png"
+    cv2.imwrite(str(png), np.full((8, 8, 3), 200, np.uint8))
+    result = CategoryResult(**{**_bottle().__dict__, "heatmaps": [png]})
+    files = write_report([result], tmp_path / "out", title="t")
+    back = pd.read_csv(files.csv)
+    assert back.loc[0, "category"] == "bottle"
+    assert back.loc[0, "test_pixel_auroc"] == pytest.approx(98.0)
+    page = files.html.read_text()
+    assert page.count("data:image/png;base64,") == 1
+    assert 'class="neg"' in page  # -5.00 is red
+    assert files.markdown.read_text().startswith("# t")
