@@ -1,0 +1,186 @@
+"""Optuna's pictures of a finished sweep, rebuilt after the fact from MLflow runs (issue 4, item 4).
+
+Inside Ray Tune the Optuna study lives in the driver's memory (platform notes 1.4), so it is gone
+once the sweep ends. The child runs in MLflow hold everything the plots need: the trial's params
+and its metric. :func:`build_study` puts them back into an in-memory study with
+``optuna.create_study`` + ``study.add_trial(optuna.trial.create_trial(...))``; :func:`plot_study`
+draws the optimisation history, the parameter importances and a parallel-coordinates view.
+
+Rendering: ``optuna.visualization`` (plotly) is used when plotly is installed and writes HTML;
+otherwise ``optuna.visualization.matplotlib`` writes PNGs (plotly is not a dependency here).
+Importances use PED-ANOVA, which needs only numpy (fANOVA, Optuna's default, needs scikit-learn,
+a test-only dependency of this project).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
+_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAIL: TrialState.FAIL}
+# A float range this wide (max/min) is drawn on a log axis, as a log-uniform space would be.
+_LOG_RATIO = 100.0
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as MLflow remembers it.
+
+    Attributes:
+        number: order of the trial (0-based), e.g. by start time.
+        params: its configuration, dotted names; values may be MLflow's strings.
+        value: the objective (the selection metric); ``None`` for failed trials.
+        state: ``COMPLETE``, ``PRUNED`` (stopped early by the scheduler) or ``FAIL``.
+        intermediate: step -> metric, the learning curve.
+    """
+
+    number: int
+    params: Mapping[str, Any]
+    value: float | None
+    state: str = COMPLETE
+    intermediate: Mapping[int, float] = field(default_factory=dict)
+
+
+def parse_param(text: Any) -> Any:
+    """An MLflow param string back to a Python scalar: ``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"True"`` -> True."""
+    if not isinstance(text, str):
+        return text
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def infer_distributions(trials: Sequence[TrialRecord]) -> dict[str, BaseDistribution]:
+    """Distributions of the params that VARY across trials (constant params were not swept).
+
+    Numbers become Int/Float ranges spanning the observed values (log when they span >= 100x);
+    everything else a categorical over the observed values.
+    """
+    values: dict[str, list[Any]] = {}
+    for t in trials:
+        for k, v in t.params.items():
+            values.setdefault(k, []).append(parse_param(v))
+    out: dict[str, BaseDistribution] = {}
+    for name, vals in sorted(values.items()):
+        distinct = set(map(repr, vals))
+        if len(distinct) < 2 or len(vals) < len(trials):
+            continue
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
+        if numeric and all(isinstance(v, int) for v in vals):
+            out[name] = IntDistribution(min(vals), max(vals))
+        elif numeric and all(math.isfinite(v) for v in vals):
+            low, high = float(min(vals)), float(max(vals))
+            out[name] = FloatDistribution(low, high, log=low > 0 and high / low >= _LOG_RATIO)
+        else:
+            out[name] = CategoricalDistribution(sorted(set(vals), key=repr))
+    return out
+
+
+def build_study(
+    trials: Sequence[TrialRecord],
+    *,
+    direction: str = "maximize",
+    distributions: Mapping[str, BaseDistribution] | None = None,
+    study_name: str = "sweep",
+) -> optuna.Study:
+    """An in-memory study holding ``trials`` (only the swept params, see :func:`infer_distributions`)."""
+    dists = dict(distributions) if distributions is not None else infer_distributions(trials)
+    study = optuna.create_study(direction=direction, study_name=study_name)
+    for t in sorted(trials, key=lambda t: t.number):
+        state = _STATES[t.state]
+        value = t.value if state == TrialState.COMPLETE else None
+        if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state, value = TrialState.FAIL, None
+        params = {k: parse_param(t.params[k]) for k in dists if k in t.params}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions={k: dists[k] for k in params},
+                intermediate_values={int(s): float(v) for s, v in t.intermediate.items() if math.isfinite(v)},
+            )
+        )
+    return study
+
+
+def plotly_available() -> bool:
+    return importlib.util.find_spec("plotly") is not None
+
+
+def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Path]:
+    """Optimisation history, parameter importances and parallel coordinates of ``study``.
+
+    A plot that the data cannot support (e.g. importances with fewer than two finished trials or no
+    swept parameter) is skipped with a log line, not an error: a 2-trial smoke sweep still reports.
+
+    Returns:
+        The files written (``*.html`` with plotly, else ``*.png``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    swept = sorted({p for t in complete for p in t.params})
+    plots: list[tuple[str, Any]] = [("optimization_history", {})]
+    if len(complete) >= 2 and swept:
+        from optuna.importance import PedAnovaImportanceEvaluator
+
+        # With few trials the default top-10% quantile holds < 2 trials; use at least two.
+        q = min(0.5, max(0.1, 2.0 / len(complete)))
+        plots.append(("param_importances", {"evaluator": PedAnovaImportanceEvaluator(target_quantile=q)}))
+    else:
+        log.info("%s: param importances skipped (%d finished trials, %d swept params)", study.study_name,
+                 len(complete), len(swept))
+    if complete and swept:
+        plots.append(("parallel_coordinate", {}))
+    written: list[Path] = []
+    use_plotly = plotly_available()
+    for name, kwargs in plots:
+        try:
+            written.append(_render(study, name, kwargs, out_dir, metric, use_plotly))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.warning("%s: plot %s skipped: %s", study.study_name, name, exc)
+    return written
+
+
+def _render(study: optuna.Study, name: str, kwargs: dict, out_dir: Path, metric: str, use_plotly: bool) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if use_plotly:
+            fig = getattr(optuna.visualization, f"plot_{name}")(study, target_name=metric, **kwargs)
+            path = out_dir / f"{name}.html"
+            fig.write_html(str(path), include_plotlyjs="cdn")
+            return path
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless: no display on workers or CI
+        import matplotlib.pyplot as plt
+
+        ax = getattr(optuna.visualization.matplotlib, f"plot_{name}")(study, target_name=metric, **kwargs)
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(10, 6)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return path
