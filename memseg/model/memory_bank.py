@@ -1,0 +1,194 @@
+"""The memory module: N normal samples' features and the per-level difference to them (spec 1.3).
+
+Following [OFF]: the layer1..layer3 features of the input and of every memory sample are smoothed
+with ``AvgPool2d(3, stride 1, padding 1)`` (``model.memory_pooling``); for each level separately the
+memory sample with the smallest L1 distance (``sum |pooled input - memory|`` over C x H x W) is picked
+(``model.per_level_selection``; when off, one sample for all levels, by the smallest sum of the three
+per-level distances); ``DI_k = diff_scale * |pooled input_k - selected memory_k|`` element-wise, and
+``CI_k = concat(feature_scale * raw input_k, DI_k)`` with the raw (un-pooled) features.
+
+[OFF] loops in Python over images x levels x memory samples; here the distances of the whole batch to
+the whole memory are one ``torch.cdist(p=1)`` per level (no ``(B, N, C, H, W)`` tensor is made).
+
+The memory features are registered buffers, so ``.to()``, ``state_dict()`` and checkpoints carry
+them; loading a state dict into a fresh, empty bank resizes the buffers. Everything is computed in
+float32, also under autocast: the distances sum ~10^5 terms and feed an unnormalised attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+from torch import Tensor, nn
+
+from memseg.errors import MemSegError
+
+
+class MemoryNotBuiltError(MemSegError, RuntimeError):
+    """The model was run before its memory bank was built (``MemSeg.build_memory``)."""
+
+
+class MemoryComparison(NamedTuple):
+    """What the memory module hands on, one entry per level (layer1..layer3).
+
+    Attributes:
+        concatenated: ``CI_k`` ``(B, 2 * C_k, H_k, W_k)``.
+        differences: ``DI_k`` ``(B, C_k, H_k, W_k)``, already multiplied by ``diff_scale``.
+        indices: ``(B, L)`` memory sample picked for each image and level.
+    """
+
+    concatenated: list[Tensor]
+    differences: list[Tensor]
+    indices: Tensor
+
+
+class MemoryBank(nn.Module):
+    """Stores N samples' pooled features and compares inputs with them."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        *,
+        diff_scale: float,
+        feature_scale: float,
+        pooling: bool = True,
+        per_level_selection: bool = True,
+    ) -> None:
+        """Create an empty bank.
+
+        Args:
+            channels: channels of each level (``(64, 128, 256)`` for ResNet18).
+            diff_scale: ``m_scale``, multiplies DI (config ``model.diff_scale``).
+            feature_scale: ``o_scale``, multiplies the raw features in CI (``model.feature_scale``).
+            pooling: 3x3 average pooling before the comparison (``model.memory_pooling``).
+            per_level_selection: pick the nearest sample per level (``model.per_level_selection``).
+        """
+        super().__init__()
+        self.channels = tuple(int(c) for c in channels)
+        self.diff_scale = float(diff_scale)
+        self.feature_scale = float(feature_scale)
+        self.pooling = pooling
+        self.per_level_selection = per_level_selection
+        for k, c in enumerate(self.channels, start=1):
+            self.register_buffer(f"level{k}", torch.zeros(0, c, 0, 0))
+
+    @property
+    def levels(self) -> list[Tensor]:
+        """The stored pooled features, ``(N, C_k, H_k, W_k)`` per level."""
+        return [getattr(self, f"level{k}") for k in range(1, len(self.channels) + 1)]
+
+    @property
+    def size(self) -> int:
+        """Number of memory samples N (0 before :meth:`build`)."""
+        return int(self.level1.shape[0])
+
+    @property
+    def is_built(self) -> bool:
+        return self.size > 0
+
+    def _pool(self, feature: Tensor) -> Tensor:
+        if not self.pooling:
+            return feature
+        return F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
+
+    @torch.no_grad()
+    def build(self, features: Sequence[Tensor]) -> None:
+        """Store the memory samples' features (replacing any earlier memory).
+
+        Args:
+            features: raw layer1..layer3 features of the N memory images, ``(N, C_k, H_k, W_k)``.
+        """
+        self._check_levels(features, "build")
+        sizes = {int(f.shape[0]) for f in features}
+        if len(sizes) != 1 or 0 in sizes:
+            msg = f"MemoryBank.build: every level needs the same, non-zero number of samples, got {sorted(sizes)}"
+            raise ValueError(msg)
+        for k, feature in enumerate(features, start=1):
+            current = getattr(self, f"level{k}")
+            pooled = self._pool(feature.float()).contiguous()
+            setattr(self, f"level{k}", pooled.to(device=current.device))
+
+    def forward(self, features: Sequence[Tensor]) -> MemoryComparison:
+        """Compare a batch with the memory.
+
+        Args:
+            features: raw layer1..layer3 features ``(B, C_k, H_k, W_k)`` of the batch.
+
+        Returns:
+            The :class:`MemoryComparison` (CI, DI and the picked indices).
+
+        Raises:
+            MemoryNotBuiltError: before :meth:`build` (or loading a state dict that holds a memory).
+            ValueError: when the feature sizes differ from the memory's (another input resolution).
+        """
+        if not self.is_built:
+            msg = (
+                "the memory bank is empty: call MemSeg.build_memory(images) with the N memory images "
+                "(or load a state dict / checkpoint that contains one) before running the model"
+            )
+            raise MemoryNotBuiltError(msg)
+        self._check_levels(features, "forward")
+        with torch.autocast(device_type=features[0].device.type, enabled=False):
+            raw = [f.float() for f in features]
+            pooled = [self._pool(f) for f in raw]
+            # (B, N) L1 distances per level, without materialising (B, N, C, H, W).
+            distances = [
+                torch.cdist(p.flatten(1), m.flatten(1), p=1) for p, m in zip(pooled, self.levels, strict=True)
+            ]
+            if self.per_level_selection:
+                indices = torch.stack([d.argmin(dim=1) for d in distances], dim=1)
+            else:
+                joint = torch.stack(distances).sum(0).argmin(dim=1)
+                indices = joint[:, None].expand(-1, len(distances)).contiguous()
+            differences = [
+                (p - m.index_select(0, indices[:, k])).abs_().mul_(self.diff_scale)
+                for k, (p, m) in enumerate(zip(pooled, self.levels, strict=True))
+            ]
+            concatenated = [
+                torch.cat([f * self.feature_scale, d], dim=1) for f, d in zip(raw, differences, strict=True)
+            ]
+        return MemoryComparison(concatenated, differences, indices)
+
+    def _check_levels(self, features: Sequence[Tensor], where: str) -> None:
+        if len(features) != len(self.channels):
+            msg = f"MemoryBank.{where}: expected {len(self.channels)} feature levels, got {len(features)}"
+            raise ValueError(msg)
+        for k, (feature, c) in enumerate(zip(features, self.channels, strict=True), start=1):
+            if feature.ndim != 4 or feature.shape[1] != c:
+                msg = f"MemoryBank.{where}: level {k} must be (B, {c}, H, W), got {tuple(feature.shape)}"
+                raise ValueError(msg)
+            if where == "forward":
+                stored = getattr(self, f"level{k}")
+                if feature.shape[-2:] != stored.shape[-2:]:
+                    msg = (
+                        f"input features of level {k} are {tuple(feature.shape[-2:])} but the memory holds "
+                        f"{tuple(stored.shape[-2:])}: the memory was built at another image size "
+                        "(rebuild it with images of the size the model is run on)"
+                    )
+                    raise ValueError(msg)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A fresh bank holds (0, C, 0, 0) placeholders; take the stored memory's shape so that a
+        # checkpoint loads into a model straight from create_model(cfg).
+        for k in range(1, len(self.channels) + 1):
+            key = f"{prefix}level{k}"
+            incoming = state_dict.get(key)
+            current = self._buffers[f"level{k}"]
+            fits = isinstance(incoming, Tensor) and incoming.ndim == 4 and incoming.shape[1] == self.channels[k - 1]
+            if fits and current is not None and incoming.shape != current.shape:
+                self._buffers[f"level{k}"] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
