@@ -1,0 +1,130 @@
+"""Batched anomaly maps and the metrics of one evaluation set (spec section 4).
+
+The anomaly map is the model's softmax channel 1 (no smoothing, as in [OFF] and [TT]); the metrics
+come from :func:`memseg.metrics.compute_metrics`. Used by the training loop (validation and test),
+``memseg evaluate`` and :mod:`memseg.inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from memseg.config import EvalConfig
+from memseg.metrics import compute_metrics
+
+
+def _batch_to_tensor(images: Any, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Images ``[start, stop)`` as float ``(B, 3, H, W)`` in [0, 1] on ``device``."""
+    if isinstance(images, torch.Tensor):
+        batch = images[start:stop].to(device, non_blocking=True)
+    elif isinstance(images, np.ndarray):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(device)
+    else:
+        batch = torch.from_numpy(np.stack([np.asarray(im) for im in images[start:stop]])).to(device)
+    if batch.dtype == torch.uint8:
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            msg = f"uint8 images must be RGB (N, H, W, 3), got shape {tuple(batch.shape)}"
+            raise ValueError(msg)
+        # Converted on the device: uint8 is a quarter of the float32 transfer.
+        return batch.permute(0, 3, 1, 2).float().div_(255.0)
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        msg = f"float images must be (N, 3, H, W) in [0, 1], got shape {tuple(batch.shape)}"
+        raise ValueError(msg)
+    return batch.float()
+
+
+def _spatial_shape(images: Any) -> tuple[int, int]:
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4:
+        return (0, 0)
+    uint8 = str(getattr(images, "dtype", "")).endswith("uint8")
+    return (int(shape[1]), int(shape[2])) if uint8 else (int(shape[2]), int(shape[3]))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict_maps(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray | Sequence[np.ndarray],
+    batch_size: int,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Anomaly maps of many images, batch by batch, in eval mode and without gradients.
+
+    The model's train/eval mode is restored afterwards, so the training loop can call this mid-run.
+
+    Args:
+        model: a MemSeg (anything with ``anomaly_map(x (B, 3, H, W)) -> (B, H, W)``), memory built.
+        images: float ``(N, 3, H, W)`` in [0, 1] (tensor or array), uint8 ``(N, H, W, 3)`` RGB, or a
+            list of uint8 ``(H, W, 3)`` RGB arrays of one size. H and W divisible by 32.
+        batch_size: images per forward pass.
+        device: where to run; None = where the model is. The model is moved there.
+
+    Returns:
+        float32 ``(N, H, W)`` maps in [0, 1].
+    """
+    if batch_size < 1:
+        msg = f"batch_size must be >= 1, got {batch_size}"
+        raise ValueError(msg)
+    device = torch.device(device) if device is not None else _model_device(model)
+    n = len(images)
+    if n == 0:
+        return np.zeros((0, *_spatial_shape(images)), dtype=np.float32)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = _batch_to_tensor(images, start, min(start + batch_size, n), device)
+                maps = model.anomaly_map(batch).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
+                out[start : start + maps.shape[0]] = maps
+    finally:
+        model.train(was_training)
+    assert out is not None
+    return out
+
+
+def evaluate_model(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    defect_types: Sequence[str] | None,
+    eval_cfg: EvalConfig,
+    device: torch.device | str | None = None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Predict the maps of an evaluation set and compute its metrics.
+
+    Args:
+        model: the model to evaluate (see :func:`predict_maps`).
+        images: the set's images (see :func:`predict_maps`), ``N`` of them.
+        masks: ``(N, H, W)`` ground truth in {0, 1} (all zero for normal images).
+        labels: ``(N,)`` 1 = anomalous.
+        defect_types: ``N`` names for per-defect-type metrics, or None for overall metrics only.
+        eval_cfg: ``eval`` section: ``top_k``, ``aupro_fpr_limit``, ``batch_size``.
+        device: where to run; None = where the model is.
+
+    Returns:
+        ``(metrics, maps)``: metrics keyed as in :mod:`memseg.metrics.keys` (plus ``"<key>/<type>"``;
+        undefined ones left out) and the float32 ``(N, H, W)`` maps.
+    """
+    maps = predict_maps(model, images, eval_cfg.batch_size, device)
+    if maps.shape[0] == 0:
+        return {}, maps
+    metrics = compute_metrics(
+        maps, masks, labels, defect_types, top_k=eval_cfg.top_k, fpr_limit=eval_cfg.aupro_fpr_limit
+    )
+    return metrics, maps
