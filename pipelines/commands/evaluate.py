@@ -79,12 +79,22 @@ def format_table(metrics: Mapping[str, float], defect_types: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _f1_threshold(labels: object, scores: object) -> float | None:
+    from memseg.metrics import f1_max_threshold
+
+    try:
+        return f1_max_threshold(labels, scores)[1]
+    except ValueError:  # no anomalous image in the split
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from memseg.data.datasets import build_validation_set, category_splits, load_test_set
     from memseg.data.mvtec import list_category
     from memseg.errors import MemSegError
     from memseg.evaluation import evaluate_model
     from memseg.inference import load_checkpoint, resolve_checkpoint_file
+    from memseg.metrics import image_scores
     from memseg.training.seeding import set_num_threads
 
     set_num_threads(args.threads)
@@ -115,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         msg = f"{cfg.data.root}/{cfg.data.category}: the {args.split} split has no images"
         raise MemSegError(msg)
 
-    metrics, _ = evaluate_model(model, data.images, data.masks, data.labels, data.defect_types, cfg.eval, device)
+    metrics, maps = evaluate_model(model, data.images, data.masks, data.labels, data.defect_types, cfg.eval, device)
+    threshold = _f1_threshold(data.labels, image_scores(maps, cfg.eval.top_k))
     defect_types = sorted({t for t, label in zip(data.defect_types, data.labels, strict=True) if label == 1})
     n_anomalous = int(sum(data.labels))
     print(
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         f"top-{cfg.eval.top_k} image score, AUPRO to FPR {cfg.eval.aupro_fpr_limit}"
     )
     print(format_table(metrics, defect_types))
+    if threshold is not None:
+        print(f"image score threshold at the best image F1 on this split: {threshold:.6g} (memseg predict --threshold)")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             "images": len(data),
             "anomalous_images": n_anomalous,
             "metrics": metrics,
+            "image_f1_max_threshold": threshold,
         }
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {out}")

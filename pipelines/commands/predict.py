@@ -21,8 +21,9 @@ Examples:
   memseg predict --checkpoint runs/train/best_model.pt data/mvtec/bottle/test --out predictions/
   memseg predict --checkpoint runs/train photo1.png photo2.jpg --out out/ --threshold 0.35
 
---threshold T adds is_anomalous = (score >= T) to scores.csv; choose T on validation data (e.g. the
-threshold of the best F1 there), never on the images you want to judge.
+--threshold T adds is_anomalous = (score >= T) to scores.csv. Choose T on validation data, never on
+the images you want to judge: `memseg evaluate --checkpoint PATH --split val` prints the threshold
+of the best image F1 there.
 """
 
 

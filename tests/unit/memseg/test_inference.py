@@ -290,6 +290,8 @@ def test_cli_evaluate_and_predict(
     assert any(line.startswith("crack") for line in lines) and any(line.startswith("hole") for line in lines)
     record = json.loads(out_json.read_text())
     assert record["images"] == 7 and record["split"] == "test"
+    assert 0.0 <= record["image_f1_max_threshold"] <= 1.0
+    assert "threshold at the best image F1" in printed
     assert {keys.IMAGE_AUROC, keys.PIXEL_AUPRO, f"{keys.PIXEL_AUROC}/hole"} <= set(record["metrics"])
 
     images = tmp_path / "images"
