@@ -28,13 +28,15 @@ def test_f1_max_equals_sklearn(dtype: type) -> None:
         assert f1_max(labels, scores) == pytest.approx(_sklearn_f1_max(labels, scores), abs=1e-12)
 
 
-def test_threshold_reaches_the_reported_f1() -> None:
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threshold_reaches_the_reported_f1(dtype: type) -> None:
     rng = np.random.default_rng(4)
     labels = rng.random(500) < 0.2
-    scores = rng.random(500).astype(np.float32) + labels * 0.4
+    scores = (rng.random(500) + labels * 0.4 - 0.5).astype(dtype)  # negative thresholds too
     best, threshold = f1_max_threshold(labels, scores)
     assert f1_score(labels, scores >= threshold) == pytest.approx(best, abs=1e-12)
     assert 0.0 < best < 1.0
+    assert threshold in scores  # an actual score, recovered exactly from the sort keys
 
 
 def test_perfect_separation_and_no_positive() -> None:
