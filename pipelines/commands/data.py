@@ -81,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sha256", help="expected SHA-256 of the archive; default: the official one, or none with a custom --url"
     )
     download.add_argument("--no-checksum", action="store_true", help="skip the checksum")
+    download.add_argument(
+        "--categories", nargs="+", metavar="NAME",
+        help="mvtec: the categories the archive must hold (default: all 15; e.g. a per-category archive)",
+    )
     download.add_argument("--keep-archive", action="store_true", help="keep the archive after unpacking")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.set_defaults(handler=_download)
@@ -114,6 +118,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from memseg.data import download as dl
+    from memseg.data.categories import CATEGORIES
 
     official_url = dl.MVTEC_URL if args.dataset == "mvtec" else dl.DTD_URL
     official_sha = dl.MVTEC_SHA256 if args.dataset == "mvtec" else dl.DTD_SHA256
@@ -124,11 +129,12 @@ def _download(args: argparse.Namespace) -> int:
         sha256 = args.sha256
     else:
         sha256 = official_sha if url == official_url else None
-    fetch = dl.download_mvtec if args.dataset == "mvtec" else dl.download_dtd
-    root = fetch(args.to, url=url, sha256=sha256, keep_archive=args.keep_archive, progress=not args.no_progress)
+    common = {"url": url, "sha256": sha256, "keep_archive": args.keep_archive, "progress": not args.no_progress}
     if args.dataset == "mvtec":
+        root = dl.download_mvtec(args.to, categories=args.categories or CATEGORIES, **common)
         print(f"MVTec AD ready at {root} (use --set data.root={root})")
     else:
+        root = dl.download_dtd(args.to, **common)
         print(f"DTD ready at {root} (use --set data.dtd_root={root})")
     return 0
 
