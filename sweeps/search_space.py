@@ -48,6 +48,7 @@ from sweeps.spec import describe_validation_error
 logger = logging.getLogger(__name__)
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
+_UNSET: Any = object()  # "no default for this branch"; never leaves this module
 SPACE_FORMAT_VERSION = 1
 Scalar = bool | int | float | str
 
@@ -226,10 +227,14 @@ class SearchSpace:
         for name, spec in self.spec.params.items():
             if isinstance(spec, ConditionalParam):
                 cases = {}
+                active = case_key(defaults.get(spec.depends_on, flat[spec.depends_on]))
                 for case, leaf in spec.cases.items():
-                    cases[case], defaults[branch_name(name, case)] = _fit_default(
-                        branch_name(name, case), leaf, flat[name], memory_pool
-                    )
+                    # Only the branch the defaults take must hold the default value; the others keep
+                    # their own range (the authors' SGD lr says nothing about AdamW's).
+                    default = flat[name] if case == active else _UNSET
+                    cases[case], fitted_default = _fit_default(branch_name(name, case), leaf, default, memory_pool)
+                    if case == active:
+                        defaults[branch_name(name, case)] = fitted_default
                 entries.append((name, spec.model_copy(update={"cases": cases})))
             elif isinstance(spec, ComplementParam | ConstParam):
                 entries.append((name, spec))
@@ -320,31 +325,34 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
 def _fit_default(name: str, spec: Any, default: Any, memory_pool: int | None) -> tuple[Any, Any]:
     """Apply the memory-pool cap, then make sure the authors' default is a value the distribution can take.
 
+    Args:
+        default: the authors' value, or ``_UNSET`` for a branch the defaults do not take.
+
     Returns:
         The (possibly capped or widened) spec and the default to evaluate first.
     """
     if isinstance(spec, ConstParam):
         return spec, spec.value
     cap = memory_pool if getattr(spec, "cap", None) == "memory_pool" else None
-    if cap is not None and default is not None:
+    if cap is not None and isinstance(default, int | float):
         default = min(default, cap)
     if isinstance(spec, CategoricalParam):
         choices = list(spec.choices)
         if cap is not None:
             kept = [c for c in choices if c is not None and c <= cap]
             choices = kept + ([cap] if len(kept) < len(choices) and cap not in kept else [])
-        if default not in choices:
+        if default is not _UNSET and default not in choices:
             logger.info("%s: adding the default %r to the choices %s", name, default, choices)
             choices.append(default)
         return spec.model_copy(update={"choices": choices}), default
     low, high = spec.low, spec.high
     if cap is not None:
         high, low = min(high, cap), min(low, cap)
-    if default is not None and not low <= default <= high:
+    if isinstance(default, int | float) and not low <= default <= high:
         logger.info("%s: widening [%s, %s] to include the default %r", name, low, high, default)
         low, high = min(low, default), max(high, default)
     update: dict[str, Any] = {"low": type(spec.low)(low), "high": type(spec.high)(high)}
-    if isinstance(spec, FloatParam) and spec.step is not None and default is not None:
+    if isinstance(spec, FloatParam) and spec.step is not None and isinstance(default, int | float):
         if not _on_grid(default, low, spec.step):
             logger.info("%s: dropping step %s so the default %r stays reachable", name, spec.step, default)
             update["step"] = None

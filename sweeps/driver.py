@@ -1,0 +1,465 @@
+"""The sweep driver: one Tuner + one Optuna study + one ASHA scheduler per category, all run at once.
+
+Structure (why it looks like this)
+----------------------------------
+*One study per category.* A category's results must never steer another's search, and ASHA must
+compare trials of the same category only. So each category gets its own ``Tuner`` with its own
+``OptunaSearch`` (TPE, seeded per category) and its own ``ASHAScheduler``; the category is never a
+search parameter (``grid_search`` cannot be combined with OptunaSearch anyway, platform-notes P7).
+
+*All categories at once, from one driver, one thread per Tuner.* The alternative, one Ray job per
+category, isolates drivers but needs the Jobs API (dashboard) for every sweep, a separate process to
+aggregate the status table, and a ``--resume`` that re-submits 15 jobs. Running the Tuners in threads
+of one driver keeps one command, one status table, one ``kill -9`` story (everything is restored from
+``storage_path`` by ``Tuner.restore`` per category) and still keeps the cluster busy: every Tuner
+queues its trials' placement groups with Ray, so when one category runs out of trials (its tail),
+the freed CPUs/GPUs go straight to the pending trials of the others - there is no per-category
+barrier. ``cluster.parallel_categories`` limits how many studies run at once (0 = all); with a limit,
+a new category starts the moment one finishes. Each Tuner has its own ``max_concurrent`` so TPE
+still sees finished trials before it proposes most new ones. Ray Tune supports ``fit()`` outside the
+main thread (it only skips installing its SIGINT handler); Ctrl-C therefore stops the driver the
+same way a crash does, and ``--resume`` continues.
+
+*What crosses into trials.* Only the per-category trainable (``memseg_<category>``, closing over the
+resolved base config with absolute paths) and the trial's sampled parameters. MLflow and the status
+table are driver-side Tune callbacks injected by the caller (``callbacks_for``), so this layer never
+imports mlflow.
+
+Layout on storage: ``<storage.path>/<sweep_id>/sweep.yaml`` (the spec that ran) and
+``<storage.path>/<sweep_id>/<category>/`` (one Tune experiment per category).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+import warnings
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memseg.config import MemSegConfig, resolve_for_category
+from memseg.errors import ConfigError, MemSegError
+from memseg.metrics.keys import STEP
+from sweeps.dataset import dataset_fingerprint, memory_pool_limit
+from sweeps.search_space import CategorySpace, load_space
+from sweeps.spec import SweepSpec, validate_spec
+from sweeps.status import Outcome, SweepStatus, classify
+from sweeps.trainable import make_trainable, trial_config
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "sweep.yaml"
+
+
+class SweepError(MemSegError):
+    """The sweep cannot start or resume as asked (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class CategoryPlan:
+    """Everything the driver needs to run (or resume) one category's study."""
+
+    sweep_id: str
+    category: str
+    base_config: MemSegConfig
+    space: CategorySpace
+    storage_path: str
+    metric: str
+    step_budget: int
+    seed: int
+    dataset_fingerprint: str
+
+    @property
+    def experiment_name(self) -> str:
+        return self.category
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.category}"
+
+
+@dataclass
+class TrialSummary:
+    """One trial after the study ended."""
+
+    trial_id: str
+    outcome: Outcome
+    step: int | None
+    score: float | None
+    params: dict[str, Any]
+    checkpoint_path: str | None
+    error: str | None = None
+
+
+@dataclass
+class CategoryResult:
+    """One category after its study ended (or failed as a whole)."""
+
+    category: str
+    experiment_path: str
+    trials: list[TrialSummary] = field(default_factory=list)
+    best: TrialSummary | None = None
+    best_config: MemSegConfig | None = None
+    error: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.outcome] = out.get(t.outcome, 0) + 1
+        return out
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    metric: str
+    storage_path: str
+    categories: dict[str, CategoryResult]
+    wall_time_s: float
+
+
+def tune_metric(cfg: MemSegConfig) -> str:
+    """The metric Tune, ASHA and Optuna maximise: the best-so-far value of the config's selection metric.
+
+    ``best_<selection metric>`` is what the trial's ``best_model.pt`` scores, and it does not drop
+    when one evaluation is noisy, so ASHA prunes on what the trial would actually deliver.
+    """
+    return f"best_{cfg.eval.selection_metric}"
+
+
+def make_sweep_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute_storage(path: str) -> str:
+    """Bucket URIs unchanged; local paths absolute (Tune's trial cwd must not swallow them)."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def category_seed(seed: int, category: str) -> int:
+    """A per-category sampler seed: reproducible, and different across categories."""
+    return (seed * 1_000_003 + zlib.crc32(category.encode())) % (2**31)
+
+
+def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None = None) -> list[CategoryPlan]:
+    """Resolve every category's base config, bind the search space and fix the storage layout.
+
+    Raises:
+        ConfigError: for an unknown search space, a missing category folder or a category too small
+            for its validation split.
+    """
+    categories = list(categories or spec.categories)
+    space = load_space(spec.search.space)
+    data_root = str(Path(spec.data.root).expanduser().resolve())
+    base = spec.base_config().with_overrides({"data.root": data_root})
+    storage = f"{absolute_storage(spec.storage.path).rstrip('/')}/{sweep_id}"
+    plans = []
+    for category in categories:
+        if not (Path(data_root) / category).is_dir():
+            raise ConfigError(f"data.root: {Path(data_root) / category} does not exist (category {category!r})")
+        cfg = resolve_for_category(base.with_overrides({"data.category": category}), category)
+        if cfg.data.dtd_root is not None:
+            cfg = cfg.with_overrides({"data.dtd_root": str(Path(cfg.data.dtd_root).expanduser().resolve())})
+        plans.append(
+            CategoryPlan(
+                sweep_id=sweep_id,
+                category=category,
+                base_config=cfg,
+                space=space.for_category(cfg, memory_pool=memory_pool_limit(data_root, cfg)),
+                storage_path=storage,
+                metric=tune_metric(cfg),
+                step_budget=cfg.train.steps,
+                seed=category_seed(spec.search.seed, category),
+                dataset_fingerprint=dataset_fingerprint(data_root, category),
+            )
+        )
+    for plan in plans:  # unknown extra-point keys fail now, not in a study thread
+        plan.space.points_to_evaluate(spec.search.extra_points)
+    return plans
+
+
+# --- storage manifest -----------------------------------------------------------------------------
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    if is_uri(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def write_manifest(spec: SweepSpec, sweep_id: str, categories: Sequence[str]) -> str:
+    """Record the spec a sweep runs with next to its experiments (``--resume`` reads it back)."""
+    root = f"{absolute_storage(spec.storage.path).rstrip('/')}/{sweep_id}"
+    fs, path = _fs(root)
+    fs.create_dir(path, recursive=True)
+    doc = {"sweep_id": sweep_id, "created": time.time(), "categories": list(categories), "spec": spec.model_dump()}
+    with fs.open_output_stream(f"{path}/{MANIFEST}") as out:
+        out.write(yaml.safe_dump(doc, sort_keys=False).encode())
+    return root
+
+
+def read_manifest(storage_path: str, sweep_id: str) -> tuple[SweepSpec, list[str]] | None:
+    """The spec and categories a sweep was started with, or None when there is no such sweep."""
+    import pyarrow.fs
+
+    fs, path = _fs(f"{absolute_storage(storage_path).rstrip('/')}/{sweep_id}/{MANIFEST}")
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        doc = yaml.safe_load(f.read().decode())
+    return validate_spec(doc["spec"], path), list(doc["categories"])
+
+
+def latest_sweep_id(storage_path: str, name: str) -> str | None:
+    """The most recently started sweep of spec ``name`` under ``storage_path`` (for ``--resume``)."""
+    import pyarrow.fs
+
+    fs, root = _fs(absolute_storage(storage_path))
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        return None
+    best: tuple[float, str] | None = None
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        if info.type != pyarrow.fs.FileType.Directory:
+            continue
+        manifest = f"{info.path}/{MANIFEST}"
+        if fs.get_file_info(manifest).type != pyarrow.fs.FileType.File:
+            continue
+        with fs.open_input_stream(manifest) as f:
+            doc = yaml.safe_load(f.read().decode())
+        if doc.get("spec", {}).get("name") == name and (best is None or doc["created"] > best[0]):
+            best = (doc["created"], doc["sweep_id"])
+    return best[1] if best else None
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+
+
+def connect_ray(env_vars: Mapping[str, str] | None = None, local_num_cpus: int | None = None) -> int:
+    """Join ``RAY_ADDRESS`` (or start a local instance when it is unset) and return the number of alive nodes.
+
+    ``env_vars`` reach every worker of this job through ``runtime_env`` (tracking URI, credentials).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                address="local", num_cpus=local_num_cpus, runtime_env=runtime_env, include_dashboard=False,
+                log_to_driver=False, logging_level=logging.WARNING,
+            )
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+# --- Tune ------------------------------------------------------------------------------------------
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (the default embeds every parameter, brackets included)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -> Any:
+    """A fresh Tuner for one category: TPE (seeded) + ASHA on ``step`` + per-trial resources."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=plan.seed,
+            n_startup_trials=spec.search.n_startup_trials,
+            multivariate=True,
+            group=True,  # the space is conditional (optimiser branches)
+            constant_liar=True,  # parallel trials do not all land on the same point
+        )
+    searcher = OptunaSearch(
+        space=plan.space,
+        metric=plan.metric,
+        mode="max",
+        points_to_evaluate=plan.space.points_to_evaluate(
+            spec.search.extra_points, defaults_first=spec.search.defaults_first
+        ) or None,
+        sampler=sampler,
+        study_name=f"{plan.sweep_id}-{plan.category}",
+    )
+    if spec.scheduler.kind == "asha":
+        eval_interval = plan.base_config.train.eval_interval
+        scheduler: Any = ASHAScheduler(
+            time_attr=STEP,
+            metric=plan.metric,
+            mode="max",
+            max_t=plan.step_budget,
+            grace_period=min(plan.step_budget, spec.scheduler.grace_period_evals * eval_interval),
+            reduction_factor=spec.scheduler.reduction_factor,
+            brackets=spec.scheduler.brackets,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _with_resources(plan, spec),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent or None,
+            time_budget_s=spec.budget.time_budget_s,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.experiment_name,
+            storage_path=plan.storage_path,
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
+            callbacks=list(callbacks),
+            verbose=0,
+        ),
+    )
+
+
+def _with_resources(plan: CategoryPlan, spec: SweepSpec) -> Any:
+    from ray import tune
+
+    resources = {"cpu": spec.resources.cpu}
+    if spec.resources.gpu:
+        resources["gpu"] = spec.resources.gpu
+    return tune.with_resources(make_trainable(plan.category, plan.base_config), resources)
+
+
+def run_category(
+    plan: CategoryPlan, spec: SweepSpec, *, resume: bool, callbacks: Sequence[Any] = ()
+) -> CategoryResult:
+    """Run (or resume) one category's study to the end and summarise it.
+
+    A fresh study gets ``callbacks``; a restored one gets back the callbacks it was started with
+    (Tune restores them from its experiment state), which is why they must pickle.
+    """
+    from ray import tune
+
+    path = plan.experiment_path
+    restorable = tune.Tuner.can_restore(path)
+    if restorable and not resume:
+        msg = f"{path} already holds this sweep's {plan.category} study: pass --resume, or a new --sweep-id"
+        raise SweepError(msg)
+    if restorable:
+        logger.info("%s: restoring the study from %s", plan.category, path)
+        tuner = tune.Tuner.restore(path, trainable=_with_resources(plan, spec), resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        if resume:
+            logger.info("%s: nothing to resume at %s, starting the study", plan.category, path)
+        tuner = build_tuner(plan, spec, callbacks)
+    grid = tuner.fit()
+    return summarize_grid(plan, grid)
+
+
+def summarize_grid(plan: CategoryPlan, grid: Any) -> CategoryResult:
+    """Outcome, score and parameters of every trial, and the best one, from a ``ResultGrid``."""
+    result = CategoryResult(category=plan.category, experiment_path=plan.experiment_path)
+    for r in grid:
+        metrics = r.metrics or {}
+        step = metrics.get(STEP)
+        status = "ERROR" if r.error else ("TERMINATED" if step is not None else "PENDING")
+        score = metrics.get(plan.metric)
+        result.trials.append(
+            TrialSummary(
+                trial_id=str(metrics.get("trial_id") or Path(r.path).name),
+                outcome=classify(status, step, plan.step_budget),
+                step=int(step) if step is not None else None,
+                score=float(score) if isinstance(score, int | float) else None,
+                params=dict(r.config or {}),
+                checkpoint_path=r.checkpoint.path if r.checkpoint else None,
+                error=str(r.error).strip().splitlines()[-1][:300] if r.error else None,
+            )
+        )
+    scored = [t for t in result.trials if t.score is not None and t.score == t.score]
+    if scored:
+        result.best = max(scored, key=lambda t: t.score)
+        result.best_config = trial_config(plan.base_config, result.best.params)
+    return result
+
+
+def run_sweep(
+    spec: SweepSpec,
+    plans: Sequence[CategoryPlan],
+    *,
+    resume: bool = False,
+    callbacks_for: Callable[[CategoryPlan], Sequence[Any]] | None = None,
+    board: SweepStatus | None = None,
+) -> SweepResult:
+    """Run every category's study concurrently (see the module docstring) and wait for all of them.
+
+    A category that fails as a whole (not a trial: its Tuner) is reported in its
+    :class:`CategoryResult` and does not stop the others.
+    """
+    if spec.storage.snapshot_interval_s is not None:
+        # Read by every TuneController at start; one value for the whole driver.
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(spec.storage.snapshot_interval_s)
+    started = time.monotonic()
+    results: dict[str, CategoryResult] = {}
+    lock = threading.Lock()
+
+    def one(plan: CategoryPlan) -> None:
+        if board is not None:
+            board.set_state(plan.category, "running")
+        try:
+            callbacks = list(callbacks_for(plan)) if callbacks_for else []
+            res = run_category(plan, spec, resume=resume, callbacks=callbacks)
+            state, error = "done", None
+        except (MemSegError, ConfigError) as exc:
+            res = CategoryResult(plan.category, plan.experiment_path, error=str(exc))
+            state, error = "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one category's crash must not end the others
+            logger.error("%s: study crashed\n%s", plan.category, traceback.format_exc())
+            res = CategoryResult(plan.category, plan.experiment_path, error=f"{type(exc).__name__}: {exc}")
+            state, error = "error", res.error
+        if board is not None:
+            board.set_state(plan.category, state, error)
+        with lock:
+            results[plan.category] = res
+
+    workers = spec.cluster.parallel_categories or len(plans)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="study")
+    futures = [pool.submit(one, plan) for plan in plans]
+    try:
+        while not all(f.done() for f in futures):
+            time.sleep(0.5)  # a timed wait, so Ctrl-C reaches the main thread
+    except KeyboardInterrupt:
+        # The studies' threads cannot be interrupted; the caller ends the process, and --resume
+        # continues from the last experiment snapshot exactly as after a crash.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return SweepResult(
+        sweep_id=plans[0].sweep_id if plans else "",
+        metric=plans[0].metric if plans else "",
+        storage_path=plans[0].storage_path if plans else "",
+        categories={p.category: results[p.category] for p in plans},
+        wall_time_s=time.monotonic() - started,
+    )

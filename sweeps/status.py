@@ -1,0 +1,221 @@
+"""The live status of a sweep: trials pending/running/finished/pruned/failed per category and the best so far.
+
+One :class:`SweepStatus` board lives in the driver; every category's Tuner gets a
+:class:`StatusCallback` that copies its trials onto the board, and :class:`StatusPrinter` prints the
+board as a table every few seconds. The callback finds the board through a module-level registry
+keyed by sweep id instead of holding it: Tune pickles callbacks into the experiment state, and after
+``Tuner.restore`` in a new driver process the unpickled callback must report to the new board.
+
+:func:`classify` is the one definition of a trial's outcome, shared with the MLflow tracking:
+a TERMINATED trial that reached its step budget *finished*; one stopped earlier (ASHA, time budget)
+was *pruned*.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+from ray.tune import Callback
+
+from memseg.metrics.keys import STEP
+
+Outcome = Literal["pending", "running", "finished", "pruned", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("pending", "running", "finished", "pruned", "failed")
+
+_BOARDS: dict[str, SweepStatus] = {}
+_BOARDS_LOCK = threading.Lock()
+
+
+def classify(status: str, last_step: int | None, step_budget: int) -> Outcome:
+    """The outcome of a trial from its Tune status and the last step it reported."""
+    if status == "ERROR":
+        return "failed"
+    if status == "TERMINATED":
+        return "finished" if last_step is not None and last_step >= step_budget else "pruned"
+    if status in ("RUNNING", "PAUSED"):
+        return "running"
+    return "pending"
+
+
+@dataclass
+class TrialView:
+    """What the board knows of one trial."""
+
+    trial_id: str
+    outcome: Outcome
+    step: int | None
+    score: float | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CategoryView:
+    """What the board knows of one category."""
+
+    category: str
+    trials: dict[str, TrialView] = field(default_factory=dict)
+    state: str = "waiting"  # waiting | running | done | error
+    error: str | None = None
+
+    def counts(self) -> dict[Outcome, int]:
+        out = dict.fromkeys(OUTCOMES, 0)
+        for t in self.trials.values():
+            out[t.outcome] += 1
+        return out
+
+    def best(self) -> TrialView | None:
+        scored = [t for t in self.trials.values() if t.score is not None and math.isfinite(t.score)]
+        return max(scored, key=lambda t: t.score) if scored else None
+
+
+class SweepStatus:
+    """Thread-safe board of a whole sweep."""
+
+    def __init__(self, sweep_id: str, metric: str, categories: Sequence[str]) -> None:
+        self.sweep_id = sweep_id
+        self.metric = metric
+        self._lock = threading.Lock()
+        self._cats = {c: CategoryView(c) for c in categories}
+        self.started = time.monotonic()
+
+    def update_trials(self, category: str, trials: Iterable[Any], step_budget: int) -> None:
+        """Copy Tune ``Trial`` objects (status, last result, config) onto the board."""
+        views = {}
+        for trial in trials:
+            last = trial.last_result or {}
+            step = last.get(STEP)
+            score = last.get(self.metric)
+            views[trial.trial_id] = TrialView(
+                trial_id=trial.trial_id,
+                outcome=classify(trial.status, step, step_budget),
+                step=int(step) if step is not None else None,
+                score=float(score) if isinstance(score, int | float) else None,
+                config=dict(trial.config),
+            )
+        with self._lock:
+            self._cats.setdefault(category, CategoryView(category)).trials.update(views)
+
+    def set_state(self, category: str, state: str, error: str | None = None) -> None:
+        with self._lock:
+            view = self._cats.setdefault(category, CategoryView(category))
+            view.state, view.error = state, error
+
+    def snapshot(self) -> dict[str, CategoryView]:
+        with self._lock:
+            return {
+                c: CategoryView(v.category, dict(v.trials), v.state, v.error) for c, v in self._cats.items()
+            }
+
+    def render(self) -> str:
+        """The status table (plain text, one row per category, a total row)."""
+        snap = self.snapshot()
+        elapsed = time.monotonic() - self.started
+        head = f"sweep {self.sweep_id}  {time.strftime('%H:%M:%S')}  elapsed {elapsed / 60:.1f} min  best = max {self.metric}"
+        width = max([len("category"), *(len(c) for c in snap)])
+        cols = f"{'category':<{width}}  {'state':<7} {'pend':>4} {'run':>4} {'done':>4} {'pruned':>6} {'failed':>6}  {'best':>8}  best trial"
+        lines = [head, cols, "-" * len(cols)]
+        totals = dict.fromkeys(OUTCOMES, 0)
+        for cat, view in snap.items():
+            counts = view.counts()
+            for k in OUTCOMES:
+                totals[k] += counts[k]
+            best = view.best()
+            score = f"{best.score:.4f}" if best else "-"
+            lines.append(
+                f"{cat:<{width}}  {view.state:<7} {counts['pending']:>4} {counts['running']:>4} "
+                f"{counts['finished']:>4} {counts['pruned']:>6} {counts['failed']:>6}  {score:>8}  "
+                f"{best.trial_id if best else '-'}"
+            )
+        lines.append(
+            f"{'total':<{width}}  {'':<7} {totals['pending']:>4} {totals['running']:>4} {totals['finished']:>4} "
+            f"{totals['pruned']:>6} {totals['failed']:>6}"
+        )
+        return "\n".join(lines)
+
+
+def register_board(board: SweepStatus) -> None:
+    """Make ``board`` the one the sweep's :class:`StatusCallback` objects report to."""
+    with _BOARDS_LOCK:
+        _BOARDS[board.sweep_id] = board
+
+
+def unregister_board(sweep_id: str) -> None:
+    with _BOARDS_LOCK:
+        _BOARDS.pop(sweep_id, None)
+
+
+def board_for(sweep_id: str) -> SweepStatus | None:
+    with _BOARDS_LOCK:
+        return _BOARDS.get(sweep_id)
+
+
+class StatusCallback(Callback):
+    """Copies a category's trials onto the sweep's board (holds only names, so it pickles)."""
+
+    def __init__(self, sweep_id: str, category: str, step_budget: int) -> None:
+        self.sweep_id = sweep_id
+        self.category = category
+        self.step_budget = step_budget
+        self._last = 0.0
+
+    def _push(self, trials: Sequence[Any], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 1.0:
+            return
+        self._last = now
+        board = board_for(self.sweep_id)
+        if board is not None:
+            board.update_trials(self.category, trials, self.step_budget)
+
+    def setup(self, **info: Any) -> None:
+        board = board_for(self.sweep_id)
+        if board is not None:
+            board.set_state(self.category, "running")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._push(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._push(trials, force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._push(trials, force=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._push(trials, force=True)
+
+
+class StatusPrinter:
+    """Prints the board every ``interval_s`` seconds from a daemon thread (a context manager)."""
+
+    def __init__(self, board: SweepStatus, interval_s: float, stream: TextIO) -> None:
+        self.board = board
+        self.interval_s = interval_s
+        self.stream = stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-status", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.print()
+
+    def print(self) -> None:
+        print(self.board.render(), file=self.stream, flush=True)
+
+    def __enter__(self) -> StatusPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def summarize(views: Mapping[str, CategoryView]) -> dict[str, dict[Outcome, int]]:
+    """Counts per category (what tests and the final report read)."""
+    return {c: v.counts() for c, v in views.items()}

@@ -1,0 +1,78 @@
+"""The Tune trainable: one trial = build the config from the trial's parameters, train with memseg, report.
+
+A plain function trainable (platform-notes 1.10: one trial is one process on one device, so no Ray
+Train). It only trains and reports (Ray Tune examples): the config is ``base.with_overrides(params)``,
+``memseg.training.fit`` runs with a :class:`~sweeps.tune_callback.TuneReportCallback`, and a retried
+or resumed trial continues from ``ray.tune.get_checkpoint()``. Torch gets as many threads as the
+trial has CPUs. Every path in the base config is absolute before it gets here, because Tune runs the
+trial with its working directory set to the trial folder.
+
+Each category gets its own function object named ``memseg_<category>``: Tune registers trainables by
+name per job, and the per-category Tuners run side by side in one driver, so a shared name would
+let one category's trials pick up another's base config. ``Tuner.restore`` checks the name, so it
+must be the same on every run of the sweep.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from memseg.config import MemSegConfig
+from sweeps.search_space import overrides_from_params
+
+
+def trial_config(base: MemSegConfig, params: Mapping[str, Any]) -> MemSegConfig:
+    """The config a trial trains with: the category's base config plus the trial's field values."""
+    return base.with_overrides(overrides_from_params(params))
+
+
+def torch_threads(cpus: float) -> int:
+    """Threads for a trial holding ``cpus`` CPUs (at least one)."""
+    return max(1, int(cpus))
+
+
+def trainable_name(category: str) -> str:
+    return f"memseg_{category}"
+
+
+def make_trainable(category: str, base: MemSegConfig) -> Callable[[dict[str, Any]], None]:
+    """The function trainable of one category (closes over the plain base config, which pickles)."""
+    base_tree = base.model_dump()
+
+    def trainable(config: dict[str, Any]) -> None:
+        run_trial(config, base_tree)
+
+    trainable.__name__ = trainable.__qualname__ = trainable_name(category)
+    return trainable
+
+
+def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
+    """Body of a trial (runs inside the Tune worker process)."""
+    from ray import tune
+
+    from memseg.training import fit
+    from sweeps.tune_callback import TuneReportCallback
+
+    ctx = tune.get_context()
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1.0)
+
+    trial_dir = Path(ctx.get_trial_dir()).resolve()
+    cfg = trial_config(MemSegConfig.model_validate(base_tree), config)
+    cfg = cfg.with_overrides({"train.output_dir": str(trial_dir / "train")})
+
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        # A local copy: the storage copy may be remote (bucket) and fit() reads it while it trains.
+        local = trial_dir / "resume_checkpoint"
+        shutil.rmtree(local, ignore_errors=True)
+        resume_from = Path(checkpoint.to_directory(str(local)))
+
+    # Test metrics belong to the champion, once, after the sweep (platform-notes P22), not to every trial.
+    fit(
+        cfg, callbacks=[TuneReportCallback()], resume_from=resume_from, progress=False, evaluate_test=False,
+        num_threads=torch_threads(cpus),
+    )
