@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -203,4 +202,3 @@ def test_hidden_and_non_image_files_are_ignored(root: Path) -> None:
     (root / ".cache").mkdir()
     assert len(list_category(root, "bottle").train) == 3
     assert check_layout(root) == []
-    shutil.rmtree(root / ".cache")
