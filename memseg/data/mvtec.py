@@ -207,8 +207,11 @@ def _scan(root: Path, category: str) -> tuple[CategoryFiles | None, list[str]]:
         loose = _images_in(test_dir)
         if loose:
             problems.append(f"{test_dir}: {len(loose)} image(s) directly in test/ (expected test/<defect_type>/)")
-        if not defect_dirs:
-            problems.append(f"{test_dir}: no test/<defect_type>/ folders")
+        # Both kinds are needed: image AUROC compares normal with defective test images.
+        if not any(d.name == GOOD for d in defect_dirs):
+            problems.append(f"{test_dir / GOOD}: folder is missing (normal test images)")
+        if not any(d.name != GOOD for d in defect_dirs):
+            problems.append(f"{test_dir}: no test/<defect_type>/ folders besides good/")
         for d in (p for p in defect_dirs if p.name == GOOD):
             test += [Sample(p, 0, GOOD, None) for p in _images_in(d)]
         for d in (p for p in defect_dirs if p.name != GOOD):

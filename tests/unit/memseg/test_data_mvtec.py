@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -122,6 +123,8 @@ def test_wrong_folder_layouts_are_named(tmp_path: Path) -> None:
            "move them to train/good/)" in problems
     assert f"{tmp_path / 'wood' / 'test'}: folder is missing" in problems
     assert f"{tmp_path / 'tile' / 'train' / 'good'}: no images (expected *.png)" in problems
+    assert f"{tmp_path / 'tile' / 'test'}: no test/<defect_type>/ folders besides good/" in problems
+    assert len(problems) == 4
     with pytest.raises(DatasetLayoutError):
         list_category(tmp_path, "wood")
 
@@ -138,6 +141,11 @@ def test_loose_test_images_and_missing_root_are_named(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no category folders" in check_layout(empty)[0]
+
+
+def test_test_good_folder_is_required(root: Path) -> None:
+    shutil.rmtree(root / "bottle" / "test" / "good")
+    assert check_layout(root) == [f"{root / 'bottle' / 'test' / 'good'}: folder is missing (normal test images)"]
 
 
 def test_custom_category_names_work(tmp_path: Path) -> None:
