@@ -1,0 +1,517 @@
+"""MLflow tracking of sweeps, owned by the driver (platform-notes 1.11, pitfalls P1-P5, P18).
+
+Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs after
+``Tuner.restore``. Here the driver owns every run's life cycle through a Tune callback:
+
+* one MLflow experiment per sweep (``memseg-sweep-<sweep_id>``);
+* one parent run per (sweep, category), created before the category's Tuner starts;
+* one child run per trial (``mlflow.parentRunId``) created when the trial first starts, with the
+  resolved training config as params under stable dotted names (``MemSegConfig.flatten()``) and
+  tags ``sweep_id``, ``category``, ``trial_id``, ``git_commit``, ``dataset_fingerprint``;
+* metrics per evaluation (``step`` = training step), heat-map overlays from the reported
+  checkpoint's ``heatmaps/`` folder as step-indexed images;
+* a final status that is always FINISHED (step budget reached), KILLED (pruned by ASHA or stopped
+  by the time budget) or FAILED (errored after its retries) - never RUNNING.
+
+Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id)
+and resumed, never created twice; at the end of a study every run of the category is reconciled with
+its trial's final state, and a RUNNING run whose trial Tune no longer knows is closed as KILLED.
+Every call names its run id explicitly (``MlflowClient``; no global active run across threads).
+
+The callback holds only plain values and creates its client lazily, because Tune pickles callbacks
+into the experiment state; credentials are never pickled (MLflow reads
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` from the environment).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from memseg.config import MemSegConfig
+from memseg.errors import MemSegError
+from sweeps.status import classify
+from sweeps.trainable import trial_config
+
+logger = logging.getLogger(__name__)
+
+TAG_SWEEP = "sweep_id"
+TAG_CATEGORY = "category"
+TAG_TRIAL = "trial_id"
+TAG_ROLE = "memseg.role"
+TAG_OUTCOME = "memseg.outcome"
+TAG_FAILURES = "memseg.num_failures"
+TAG_ERROR = "memseg.error"
+TAG_GIT = "git_commit"
+TAG_FINGERPRINT = "dataset_fingerprint"
+TAG_SPACE = "search_space"
+PARENT_TAG = "mlflow.parentRunId"
+
+CREDENTIAL_VARS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
+# Keys Tune adds to every result; they are bookkeeping, not model metrics.
+_TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp", "pid",
+    "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore",
+    "done", "step", "should_checkpoint", "checkpoint_dir_name",
+})
+# The trial's own output folder is a worker-local path; it is a tag (trial_dir), not a param.
+_NOT_PARAMS = frozenset({"train.output_dir"})
+_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+class TrackingError(MemSegError):
+    """The MLflow tracking store is unusable for this sweep (the message names the URI)."""
+
+
+# --- where to track ------------------------------------------------------------------------------
+
+
+def local_store_uri(folder: str | Path) -> str:
+    """The embedded default: a SQLite file ``mlflow.db`` in ``folder``."""
+    path = Path(folder).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    """True for stores only this machine can read: a file path, ``file:`` or ``sqlite:``."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    return scheme in ("", "file", "sqlite")
+
+
+def check_tracking_store(uri: str, *, timeout_s: float = 10.0) -> None:
+    """Fail fast (instead of MLflow's minutes of retries) when an HTTP tracking server does not answer.
+
+    Raises:
+        TrackingError: naming the URI and what went wrong.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only, checked above
+            if resp.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow tracking server {uri} answered {exc.code} on /health") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        msg = f"MLflow tracking server {uri} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI"
+        raise TrackingError(msg) from None
+
+
+def check_store_for_cluster(uri: str, alive_nodes: int) -> None:
+    """Refuse a machine-local store on a multi-node cluster (nobody else could see the runs).
+
+    Raises:
+        TrackingError: when ``uri`` is a file/SQLite store and the cluster has more than one node.
+    """
+    if alive_nodes > 1 and is_local_store(uri):
+        msg = (
+            f"MLflow store {uri} is local to this machine but the Ray cluster has {alive_nodes} nodes: "
+            "set MLFLOW_TRACKING_URI to a tracking server (http://...) that every node can reach"
+        )
+        raise TrackingError(msg)
+
+
+def worker_env(uri: str) -> dict[str, str]:
+    """What every Ray worker needs to reach the store (goes into ``runtime_env.env_vars``)."""
+    env = {"MLFLOW_TRACKING_URI": uri}
+    env.update({k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)})
+    return env
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The commit of the code that runs (``MEMSEG_GIT_COMMIT`` wins, for images built without .git)."""
+    if os.environ.get("MEMSEG_GIT_COMMIT"):
+        return os.environ["MEMSEG_GIT_COMMIT"]
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_name(sweep_id: str) -> str:
+    return f"memseg-sweep-{sweep_id}"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the sweep: a link for a server, the ``mlflow ui`` command for a local store."""
+    if uri.lower().startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/experiments/{experiment_id}"
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _tag_filter(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+
+
+def find_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
+    """Runs of the experiment carrying all ``tags`` (every page)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=_tag_filter(tags), max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- the sweep-level bookkeeping (main thread) ---------------------------------------------------
+
+
+class SweepTracking:
+    """Experiment and parent runs of one sweep; hands out one Tune callback per category."""
+
+    def __init__(
+        self,
+        uri: str,
+        sweep_id: str,
+        *,
+        spec_name: str,
+        description: str = "",
+        artifact_location: str | None = None,
+        commit: str | None = None,
+    ) -> None:
+        self.uri = uri
+        self.sweep_id = sweep_id
+        self.spec_name = spec_name
+        self.commit = commit or git_commit()
+        self.client = _client(uri)
+        name = experiment_name(sweep_id)
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={TAG_SWEEP: sweep_id, "sweep_spec": spec_name, "mlflow.note.content": description},
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        self._parents: dict[str, str] = {}
+
+    def parent_run_id(self, plan: Any) -> str:
+        """The (sweep, category) parent run: found by tags, created once, set RUNNING."""
+        if plan.category in self._parents:
+            return self._parents[plan.category]
+        tags = {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: plan.category, TAG_ROLE: "parent"}
+        found = find_runs(self.client, self.experiment_id, tags)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{plan.category}",
+                tags={
+                    **tags, TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint,
+                    TAG_SPACE: plan.space.space_name, "tune_metric": plan.metric,
+                    "experiment_path": plan.experiment_path,
+                },
+            )
+            run_id = run.info.run_id
+            _log_params(self.client, run_id, _params_of(plan.base_config))
+        self._parents[plan.category] = run_id
+        return run_id
+
+    def callback(self, plan: Any) -> MlflowTrialCallback:
+        """The Tune callback that tracks one category's trials under its parent run."""
+        return MlflowTrialCallback(
+            tracking_uri=self.uri,
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent_run_id(plan),
+            sweep_id=self.sweep_id,
+            category=plan.category,
+            base_config=plan.base_config.model_dump(),
+            step_budget=plan.step_budget,
+            metric=plan.metric,
+            tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name},
+        )
+
+    def finalize(self, plan: Any, result: Any) -> None:
+        """Close the category's parent run (and any child still RUNNING) after its study ended.
+
+        ``result`` is the driver's ``CategoryResult``: the best trial goes to the parent as tags and
+        a metric; a category whose study crashed ends FAILED.
+        """
+        parent = self.parent_run_id(plan)
+        children = find_runs(self.client, self.experiment_id, {PARENT_TAG: parent})
+        for run in children:
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, TAG_OUTCOME, "stopped")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        best = getattr(result, "best", None)
+        if best is not None:
+            self.client.set_tag(parent, "best_trial_id", best.trial_id)
+            best_run = [r for r in children if r.data.tags.get(TAG_TRIAL) == best.trial_id]
+            if best_run:
+                self.client.set_tag(parent, "best_run_id", best_run[0].info.run_id)
+            if best.score is not None and math.isfinite(best.score):
+                self.client.log_metric(parent, plan.metric, best.score)
+        if getattr(result, "error", None):
+            self.client.set_tag(parent, TAG_ERROR, str(result.error)[:5000])
+        self.client.set_terminated(parent, status="FAILED" if getattr(result, "error", None) else "FINISHED")
+
+
+# --- the per-category Tune callback (runs in the driver, in the category's Tuner thread) -----------
+
+
+def _logged(hook: Any) -> Any:
+    """Tracking must not kill a study: an MLflow error in a hook is logged (naming the URI) and skipped.
+
+    The end-of-study reconciliation and :meth:`SweepTracking.finalize` repair run states afterwards.
+    """
+
+    @functools.wraps(hook)
+    def wrapper(self: MlflowTrialCallback, *args: Any, **kwargs: Any) -> None:
+        try:
+            hook(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001
+            logger.exception("MLflow tracking at %s failed in %s (%s)", self.tracking_uri, hook.__name__, self.category)
+
+    return wrapper
+
+
+
+class MlflowTrialCallback(Callback):
+    """One MLflow child run per trial; see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_id: str,
+        category: str,
+        base_config: Mapping[str, Any],
+        step_budget: int,
+        metric: str,
+        tags: Mapping[str, str],
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep_id = sweep_id
+        self.category = category
+        self.base_config = dict(base_config)
+        self.step_budget = step_budget
+        self.metric = metric
+        self.tags = dict(tags)
+        self._client_obj: Any = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client_obj"] = None
+        state["_runs"] = {}  # rebuilt from MLflow by tag, the source of truth
+        return state
+
+    @property
+    def _client(self) -> Any:
+        if self._client_obj is None:
+            self._client_obj = _client(self.tracking_uri)
+        return self._client_obj
+
+    # run lookup ----------------------------------------------------------------------------------
+
+    def _trial_tags(self, trial: Any) -> dict[str, str]:
+        return {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: self.category, TAG_TRIAL: trial.trial_id}
+
+    def _existing_run(self, trial: Any) -> str | None:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = find_runs(self._client, self.experiment_id, self._trial_tags(trial))
+        if not found:
+            return None
+        if len(found) > 1:
+            logger.warning("%d MLflow runs carry trial %s; using the oldest", len(found), trial.trial_id)
+        run = min(found, key=lambda r: r.info.start_time)
+        self._runs[trial.trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def run_for(self, trial: Any) -> str:
+        """The trial's child run: found by tags (after a restore or a retry) or created once."""
+        run_id = self._existing_run(trial)
+        if run_id is not None:
+            return run_id
+        run = self._client.create_run(
+            self.experiment_id,
+            run_name=f"{self.category}-{trial.trial_id}",
+            tags={
+                **self._trial_tags(trial), **self.tags, PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial",
+                "trial_dir": str(getattr(trial, "path", "") or ""),
+            },
+        )
+        run_id = run.info.run_id
+        self._runs[trial.trial_id] = run_id
+        cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
+        _log_params(self._client, run_id, _params_of(cfg))
+        return run_id
+
+    # Tune hooks ----------------------------------------------------------------------------------
+
+    @_logged
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._existing_run(trial)
+        if run_id is None:
+            self.run_for(trial)
+            return
+        run = self._client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")  # a resumed trial's run is live again
+        if not run.data.params:  # the driver died between creating the run and logging its params
+            cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
+            _log_params(self._client, run_id, _params_of(cfg))
+
+    @_logged
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        step = result.get("step")
+        if step is None:
+            return
+        run_id = self.run_for(trial)
+        ts = _now_ms()
+        metrics = [
+            Metric(key, float(value), ts, int(step))
+            for key, value in result.items()
+            if key not in _TUNE_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value)
+        ]
+        if metrics:
+            self._client.log_batch(run_id, metrics=metrics)
+
+    @_logged
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        step = (trial.last_result or {}).get("step")
+        run_id = self.run_for(trial)
+        for name, image in read_heatmaps(checkpoint):
+            self._client.log_image(run_id, image, key=f"heatmap_{name}", step=int(step) if step is not None else 0)
+
+    @_logged
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_for(trial)
+        self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
+        self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
+
+    @_logged
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_for(trial)
+        self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
+        self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
+        self._close(run_id, "failed")
+
+    @_logged
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        step = (trial.last_result or {}).get("step")
+        self._close(self.run_for(trial), classify("TERMINATED", step, self.step_budget))
+
+    @_logged
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Reconcile every run of the category with its trial's final state (restores included)."""
+        known = set()
+        for trial in trials:
+            known.add(trial.trial_id)
+            run_id = self._existing_run(trial)
+            if run_id is None:
+                continue  # never started: no run was made
+            step = (trial.last_result or {}).get("step")
+            outcome = classify(trial.status, step, self.step_budget)
+            self._close(run_id, outcome if outcome in _STATUS else "pruned")
+        for run in find_runs(self._client, self.experiment_id, {PARENT_TAG: self.parent_run_id}):
+            if run.info.status == "RUNNING" and run.data.tags.get(TAG_TRIAL) not in known:
+                self._close(run.info.run_id, "pruned")
+
+    def _close(self, run_id: str, outcome: str) -> None:
+        status = _STATUS[outcome]
+        run = self._client.get_run(run_id)
+        if run.info.status == status and run.data.tags.get(TAG_OUTCOME) == outcome:
+            return
+        self._client.set_tag(run_id, TAG_OUTCOME, outcome)
+        self._client.set_terminated(run_id, status=status)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _params_of(cfg: MemSegConfig) -> dict[str, str]:
+    return {k: "None" if v is None else str(v) for k, v in cfg.flatten().items() if k not in _NOT_PARAMS}
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # the REST API takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _error_text(trial: Any) -> str:
+    err = trial.get_error() if hasattr(trial, "get_error") else None
+    text = str(err) if err else (trial.error_file or "error")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else text)[:5000]
+
+
+def read_heatmaps(checkpoint: Any) -> list[tuple[str, Any]]:
+    """The ``heatmaps/*.png`` of a reported Tune checkpoint as RGB arrays, read through its filesystem.
+
+    Only the images are read, never the weights, so this is cheap on a bucket too.
+    """
+    import cv2
+    import numpy as np
+    import pyarrow.fs
+
+    fs = checkpoint.filesystem
+    folder = f"{checkpoint.path.rstrip('/')}/heatmaps"
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    out = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pyarrow.fs.FileType.File or not info.path.lower().endswith(".png"):
+            continue
+        with fs.open_input_file(info.path) as f:
+            data = f.read()
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            logger.warning("cannot decode heat map %s", info.path)
+            continue
+        out.append((Path(info.path).stem, np.ascontiguousarray(bgr[..., ::-1])))
+    return out
+
+
+def close_sweep(tracking: SweepTracking, plans: Sequence[Any], results: Mapping[str, Any]) -> None:
+    """Finalize every category's parent run (called once the driver returns)."""
+    for plan in plans:
+        tracking.finalize(plan, results.get(plan.category))

@@ -1,0 +1,188 @@
+"""Driver-side MLflow tracking against a real ``mlflow server``, fed with synthetic Tune events.
+
+The trials are plain records with the fields the callback reads from ``ray.tune.experiment.Trial``;
+the checkpoints are real ``ray.tune.Checkpoint`` folders with heat-map PNGs; the server is real
+(SQLite backend, HTTP). The end-to-end runs with real Tune trials are in test_sweep_cluster.py.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipelines import tracking
+from sweeps import driver
+from sweeps.spec import load_sweep_spec
+from sweeps.status import board_for  # noqa: F401  (imports ray.tune, as the driver does)
+from tests.helpers.mlflow_server import mlflow_server  # noqa: F401
+from tests.helpers.ray_cluster import free_port
+
+pytestmark = pytest.mark.mlflow
+
+
+@dataclass
+class TrialRecord:
+    """The fields of a Tune ``Trial`` the callback uses."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "PENDING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+    num_failures: int = 0
+    path: str = ""
+    error_file: str | None = None
+    error: str | None = None
+
+    def get_error(self) -> str | None:
+        return self.error
+
+
+def _checkpoint(tmp_path: Path, name: str, n_images: int = 2) -> Any:
+    from ray.tune import Checkpoint
+
+    folder = tmp_path / name
+    (folder / "heatmaps").mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    for i in range(n_images):
+        img = np.full((16, 16, 3), 40 * (i + 1), np.uint8)
+        cv2.imwrite(str(folder / "heatmaps" / f"val_{i}.png"), img)
+    return Checkpoint.from_directory(str(folder))
+
+
+def _report(cb: Any, trial: TrialRecord, step: int, score: float, ckpt: Any | None = None) -> None:
+    result = {"step": step, "val_pixel_auroc": score, "best_val_pixel_auroc": score, "train_loss": 1.0 / step,
+              "lr": 0.01, "training_iteration": step // 8, "time_total_s": 1.0, "trial_id": trial.trial_id,
+              "node_ip": "127.0.0.1", "done": False}
+    cb.on_trial_result(0, [], trial, result)
+    trial.last_result = result
+    if ckpt is not None:
+        cb.on_checkpoint(0, [], trial, ckpt)
+
+
+@pytest.fixture
+def plan(synthetic_root: Path, tmp_path: Path):
+    spec = load_sweep_spec("smoke").with_changes({"data.root": str(synthetic_root), "storage.path": str(tmp_path)})
+    return driver.plan_sweep(spec, "track-test", ["bottle"])[0]
+
+
+def _params(point: dict[str, Any]) -> dict[str, Any]:
+    return {**point, "optim.lr": point["optim.lr[sgd]"]}
+
+
+def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp_path: Path) -> None:  # noqa: F811
+    uri = mlflow_server.uri
+    sweep = tracking.SweepTracking(uri, plan.sweep_id, spec_name="smoke", commit="abc123")
+    cb = sweep.callback(plan)
+    client = MlflowClient(uri)
+    point = plan.space.default_point()
+
+    finished = TrialRecord("t_00000", _params(point), status="RUNNING")
+    pruned = TrialRecord("t_00001", _params({**point, "synthesis.perlin_threshold": 0.45}), status="RUNNING")
+    failing = TrialRecord("t_00002", _params(point), status="RUNNING")
+    orphan = TrialRecord("t_00003", _params(point), status="RUNNING")
+    for t in (finished, pruned, failing, orphan):
+        cb.on_trial_start(0, [], t)
+
+    _report(cb, finished, 8, 0.6, _checkpoint(tmp_path, "c1"))
+    _report(cb, finished, 16, 0.8, _checkpoint(tmp_path, "c2"))
+    finished.status = "TERMINATED"
+    cb.on_trial_complete(0, [], finished)
+
+    _report(cb, pruned, 8, 0.4, _checkpoint(tmp_path, "c3"))
+    pruned.status = "TERMINATED"  # stopped by ASHA before the step budget
+    cb.on_trial_complete(0, [], pruned)
+
+    _report(cb, failing, 8, 0.5)
+    failing.num_failures, failing.error = 1, "RuntimeError: injected\n"
+    cb.on_trial_recover(0, [], failing)
+    cb.on_trial_start(0, [], failing)  # the retry starts a new actor: same run
+    failing.num_failures, failing.status = 2, "ERROR"
+    cb.on_trial_error(0, [], failing)
+    _report(cb, orphan, 8, 0.3)  # its driver "dies" here: the run stays RUNNING
+
+    # A new driver restores the study: Tune hands back the pickled callback, with no run cache.
+    restored = pickle.loads(pickle.dumps(cb))
+    assert restored._runs == {} and restored._client_obj is None
+    again = TrialRecord("t_00000", _params(point), status="TERMINATED", last_result=finished.last_result)
+    restored.on_trial_start(0, [], again)
+    restored.on_trial_complete(0, [], again)
+    restored.on_experiment_end([again, pruned, failing])  # the orphan is unknown to the restored Tune
+    sweep2 = tracking.SweepTracking(uri, plan.sweep_id, spec_name="smoke", commit="abc123")
+    assert sweep2.experiment_id == sweep.experiment_id
+    assert sweep2.parent_run_id(plan) == sweep.parent_run_id(plan)  # found by tags, not duplicated
+    best = driver.TrialSummary("t_00000", "finished", 16, 0.8, finished.config, None)
+    sweep2.finalize(plan, driver.CategoryResult("bottle", plan.experiment_path, best=best))
+
+    runs = client.search_runs([sweep.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "parent"]
+    children = {r.data.tags[tracking.TAG_TRIAL]: r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"}
+    assert len(parents) == 1 and len(runs) == 5  # one parent + exactly one run per trial
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best_trial_id"] == "t_00000"
+    assert parent.data.tags["best_run_id"] == children["t_00000"].info.run_id
+    assert parent.data.metrics[plan.metric] == pytest.approx(0.8)
+    assert {r.data.tags[tracking.PARENT_TAG] for r in children.values()} == {parent.info.run_id}
+
+    status = {tid: (r.info.status, r.data.tags.get(tracking.TAG_OUTCOME)) for tid, r in children.items()}
+    assert status == {
+        "t_00000": ("FINISHED", "finished"),
+        "t_00001": ("KILLED", "pruned"),
+        "t_00002": ("FAILED", "failed"),
+        "t_00003": ("KILLED", "pruned"),
+    }
+    assert children["t_00002"].data.tags[tracking.TAG_FAILURES] == "2"
+    assert "injected" in children["t_00002"].data.tags[tracking.TAG_ERROR]
+
+    run = children["t_00000"]
+    assert run.data.tags[tracking.TAG_SWEEP] == plan.sweep_id
+    assert run.data.tags[tracking.TAG_CATEGORY] == "bottle"
+    assert run.data.tags[tracking.TAG_GIT] == "abc123"
+    assert run.data.tags[tracking.TAG_FINGERPRINT] == plan.dataset_fingerprint
+    assert run.data.params["data.category"] == "bottle"
+    assert run.data.params["synthesis.perlin_threshold"] == "0.5"
+    assert children["t_00001"].data.params["synthesis.perlin_threshold"] == "0.45"
+    assert "train.output_dir" not in run.data.params
+    history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(8, 0.6), (16, 0.8)]
+    assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert len([p for p in images if p.endswith(".png")]) == 4  # 2 heat maps x 2 evaluations
+    assert any("heatmap_val_0+step+16" in p for p in images)
+
+
+def test_dead_server_is_named(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(tracking.TrackingError, match=uri.replace(".", r"\.")):
+        tracking.check_tracking_store(uri, timeout_s=3)
+
+
+def test_live_server_passes_the_check(mlflow_server) -> None:  # noqa: F811
+    tracking.check_tracking_store(mlflow_server.uri)
+
+
+def test_local_store_refused_on_a_multi_node_cluster(tmp_path: Path) -> None:
+    local = tracking.local_store_uri(tmp_path)
+    assert local.startswith("sqlite:///") and tracking.is_local_store(local)
+    tracking.check_store_for_cluster(local, alive_nodes=1)
+    with pytest.raises(tracking.TrackingError, match="2 nodes"):
+        tracking.check_store_for_cluster(local, alive_nodes=2)
+    with pytest.raises(tracking.TrackingError):
+        tracking.check_store_for_cluster(str(tmp_path / "mlruns"), alive_nodes=3)
+    tracking.check_store_for_cluster("http://mlflow:5000", alive_nodes=3)
+
+
+def test_worker_env_carries_uri_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "svc")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    env = tracking.worker_env("http://mlflow:5000")
+    assert env == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "svc",
+                   "MLFLOW_TRACKING_PASSWORD": "pw"}
