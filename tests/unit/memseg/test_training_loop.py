@@ -1,0 +1,160 @@
+"""fit(): checkpoints, callbacks, divergence, fault injection, resume (tiny 64 px runs on the CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from memseg.config import MemSegConfig
+from memseg.errors import CheckpointError, TrainingDivergedError
+from memseg.metrics import keys
+from memseg.training import FitResult, TrainingCallback, fit
+from memseg.training.checkpoint import (
+    BEST_MODEL_FILE,
+    HEATMAP_DIR,
+    MODEL_FILE,
+    TRAIN_STATE_FILE,
+    load_model_file,
+    load_train_state,
+)
+
+# 24 train/good images: 2 memory + 4 validation + 18 training = 3 batches of 6 per epoch.
+TINY = {
+    "data.category": "carpet",
+    "data.image_size": 64,
+    "data.val_anomalies_per_image": 1,
+    "model.backbone_weights": "none",
+    "model.memory_size": 2,
+    "train.batch_size": 6,
+    "train.steps": 6,
+    "train.eval_interval": 3,
+    "train.log_interval": 1,
+    "eval.heatmap_samples": 2,
+    "eval.batch_size": 8,
+}
+
+
+def _cfg(root: Path, out: Path, **overrides: object) -> MemSegConfig:
+    return MemSegConfig().with_overrides(
+        {**TINY, "data.root": str(root), "train.output_dir": str(out), **overrides}
+    )
+
+
+class Recorder:
+    """A TrainingCallback that keeps what it was given and checks the checkpoint while it is valid."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, float], set[str]]] = []
+
+    def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        files = {str(p.relative_to(checkpoint_dir)) for p in checkpoint_dir.rglob("*") if p.is_file()}
+        # Documented layout, every file readable with weights_only=True.
+        model = torch.load(checkpoint_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+        assert model["step"] == step
+        assert set(model) == {"schema_version", "config", "state_dict", "step", "metrics"}
+        torch.load(checkpoint_dir / BEST_MODEL_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint_dir / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+        assert state["step"] == step
+        self.calls.append((step, dict(metrics), files))
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_fit_checkpoints_calls_back_and_reports_val_and_test(synthetic_root: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    assert isinstance(recorder, TrainingCallback)
+    result = fit(_cfg(synthetic_root, tmp_path / "run"), callbacks=[recorder], progress=False, eval_at_start=True)
+
+    assert isinstance(result, FitResult)
+    assert [c[0] for c in recorder.calls] == [0, 3, 6]
+    for step, metrics, files in recorder.calls:
+        assert {MODEL_FILE, BEST_MODEL_FILE, TRAIN_STATE_FILE} <= files
+        assert len([f for f in files if f.startswith(f"{HEATMAP_DIR}/") and f.endswith(".png")]) == 2
+        for key in (keys.VAL_IMAGE_AUROC, keys.VAL_PIXEL_AUROC, keys.VAL_PIXEL_AUPRO, keys.TRAIN_LOSS, "lr"):
+            assert key in metrics
+        assert metrics[keys.STEP] == step
+        assert f"best_{keys.VAL_PIXEL_AUROC}" in metrics
+        assert 0.0 <= metrics[keys.VAL_PIXEL_AUROC] <= 1.0
+    assert [h[keys.STEP] for h in result.history] == [0, 3, 6]
+    best_so_far = [c[1][f"best_{keys.VAL_PIXEL_AUROC}"] for c in recorder.calls]
+    assert best_so_far == sorted(best_so_far)  # the best never gets worse
+    assert result.best_metrics[keys.VAL_PIXEL_AUROC] == max(h[keys.VAL_PIXEL_AUROC] for h in result.history)
+    assert result.best_step in (0, 3, 6)
+
+    # One log entry per step (log_interval=1), with the loss parts; lr follows the cosine to 0.
+    assert [e[keys.STEP] for e in result.train_log] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "l1", "focal", "lr"} <= set(result.train_log[0])
+    assert result.train_log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    # Test metrics of the best checkpoint, side by side with validation in metrics.json.
+    assert {keys.TEST_IMAGE_AUROC, keys.TEST_PIXEL_AUROC, keys.TEST_PIXEL_AUPRO} <= set(result.test_metrics)
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["best_step"] == result.best_step
+    assert summary[keys.VAL_PIXEL_AUROC] == result.best_metrics[keys.VAL_PIXEL_AUROC]
+    assert summary[keys.TEST_IMAGE_AUROC] == result.test_metrics[keys.TEST_IMAGE_AUROC]
+
+    # The best model file: the documented payload, config stored resolved, weights load back.
+    payload = load_model_file(result.best_checkpoint)
+    assert payload["step"] == result.best_step
+    assert payload["metrics"][keys.VAL_PIXEL_AUROC] == result.best_metrics[keys.VAL_PIXEL_AUROC]
+    stored = MemSegConfig.model_validate(payload["config"])
+    assert stored.model.memory_size == 2 and Path(stored.data.root).is_absolute()
+    from memseg.inference import load_checkpoint
+
+    model, _ = load_checkpoint(result.best_checkpoint)
+    assert model.memory_size == 2
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_non_finite_loss_stops_training_naming_the_step(synthetic_root: Path, tmp_path: Path) -> None:
+    # diff_scale=1e30 makes the unnormalised spatial attention overflow float32 at the first step.
+    cfg = _cfg(synthetic_root, tmp_path / "nan", **{"model.diff_scale": 1e30, "train.log_interval": 1})
+    with pytest.raises(TrainingDivergedError, match=r"at step 1 \(focal=nan, l1=nan\)"):
+        fit(cfg, progress=False, evaluate_test=False)
+    # Caught at the evaluation when that comes before the next log interval.
+    cfg = cfg.with_overrides({"train.log_interval": 5, "train.eval_interval": 2})
+    with pytest.raises(TrainingDivergedError, match="at step 1 "):
+        fit(cfg, progress=False, evaluate_test=False)
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_fail_at_step_raises_and_resume_matches_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path) -> None:
+    full = fit(_cfg(synthetic_root, tmp_path / "full"), progress=False, evaluate_test=False)
+
+    crashing = _cfg(synthetic_root, tmp_path / "crash", **{"train.fail_at_step": 3})
+    with pytest.raises(RuntimeError, match="fail_at_step=3"):
+        fit(crashing, progress=False, evaluate_test=False)
+    latest = tmp_path / "crash" / "checkpoints" / "latest"
+    assert load_train_state(latest / TRAIN_STATE_FILE)["step"] == 3  # the eval at step 3 ran first
+
+    recorder = Recorder()
+    resumed = fit(crashing, resume_from=latest, callbacks=[recorder], progress=False, evaluate_test=False)
+    assert [c[0] for c in recorder.calls] == [6]  # continued at the saved step, no re-run of 1-3
+    assert [h[keys.STEP] for h in resumed.history] == [3, 6]
+    assert [e[keys.STEP] for e in resumed.train_log] == [1, 2, 3, 4, 5, 6]
+
+    # Same weights, optimizer state and metrics as the run that never stopped.
+    a = load_model_file(full.checkpoint_dir / MODEL_FILE)["state_dict"]
+    b = load_model_file(resumed.checkpoint_dir / MODEL_FILE)["state_dict"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+    assert resumed.history[-1][keys.VAL_PIXEL_AUROC] == pytest.approx(full.history[-1][keys.VAL_PIXEL_AUROC])
+    sa = load_train_state(full.checkpoint_dir / TRAIN_STATE_FILE)["optimizer"]["state"]
+    sb = load_train_state(resumed.checkpoint_dir / TRAIN_STATE_FILE)["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"], atol=1e-5)
+
+
+def test_resume_names_a_missing_or_incomplete_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(CheckpointError, match="nowhere"):
+        fit(_cfg(synthetic_root, tmp_path / "x"), resume_from=missing, progress=False)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / MODEL_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=TRAIN_STATE_FILE):
+        fit(_cfg(synthetic_root, tmp_path / "y"), resume_from=half, progress=False)
