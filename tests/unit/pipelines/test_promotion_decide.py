@@ -67,9 +67,10 @@ def test_nan_never_passes() -> None:
     assert not d.promote and "image_auroc" in d.regressions
 
 
-def test_missing_metric_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="champion metrics lack \\['image_auroc'\\]"):
-        decide(m(0.9), {"pixel_auroc": 0.8}, POLICY)
+def test_missing_metric_counts_as_nan() -> None:
+    d = decide({"pixel_auroc": 0.95}, m(0.8), POLICY)
+    assert not d.promote and "image_auroc" in d.regressions
+    assert not decide({}, None, POLICY).promote
 
 
 def test_policy_validation_names_the_key() -> None:
