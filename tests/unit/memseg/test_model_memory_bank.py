@@ -1,0 +1,155 @@
+"""Memory module (spec 1.3) and spatial attention (spec 1.4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from memseg.model.memory_bank import MemoryBank, MemoryNotBuiltError
+from memseg.model.spatial_attention import spatial_attention
+
+CHANNELS = (4, 6, 8)
+SIZES = ((8, 8), (4, 4), (2, 2))
+
+
+def _features(n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, c, *s, generator=gen) for c, s in zip(CHANNELS, SIZES, strict=True)]
+
+
+def _bank(**kwargs: object) -> MemoryBank:
+    opts: dict = {"diff_scale": 100.0, "feature_scale": 10.0, "pooling": True, "per_level_selection": True}
+    opts.update(kwargs)
+    return MemoryBank(CHANNELS, **opts)
+
+
+def test_input_equal_to_a_memory_sample_selects_it_with_zero_difference() -> None:
+    memory = _features(5, seed=0)
+    bank = _bank()
+    bank.build(memory)
+    batch = [torch.cat([m[3:4], m[1:2]]) for m in memory]
+    out = bank(batch)
+    assert out.indices.tolist() == [[3, 3, 3], [1, 1, 1]]
+    for di in out.differences:
+        assert torch.count_nonzero(di) == 0
+    # A different input gives a non-zero difference.
+    other = bank(_features(1, seed=99))
+    assert all(di.abs().sum() > 0 for di in other.differences)
+
+
+def test_matches_a_brute_force_loop_over_samples() -> None:
+    memory, batch = _features(6, seed=1), _features(3, seed=2)
+    bank = _bank(diff_scale=7.0, feature_scale=3.0)
+    bank.build(memory)
+    out = bank(batch)
+    for level, (x, m) in enumerate(zip(batch, memory, strict=True)):
+        px, pm = F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(m, 3, 1, 1)
+        for b in range(x.shape[0]):
+            dists = torch.stack([(px[b] - pm[n]).abs().sum() for n in range(m.shape[0])])
+            best = int(dists.argmin())
+            assert out.indices[b, level] == best
+            expected_di = (px[b] - pm[best]).abs() * 7.0
+            torch.testing.assert_close(out.differences[level][b], expected_di)
+            expected_ci = torch.cat([x[b] * 3.0, expected_di])
+            torch.testing.assert_close(out.concatenated[level][b], expected_ci)
+
+
+def test_without_pooling_compares_raw_features() -> None:
+    memory, batch = _features(4, seed=3), _features(2, seed=4)
+    bank = _bank(pooling=False, diff_scale=1.0)
+    bank.build(memory)
+    out = bank(batch)
+    for level, (x, m) in enumerate(zip(batch, memory, strict=True)):
+        picked = m[out.indices[:, level]]
+        torch.testing.assert_close(out.differences[level], (x - picked).abs())
+
+
+def _level_disagreeing_features() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Memory of two samples; the input is sample 0 at level 1 and sample 1 at levels 2 and 3.
+
+    Sample 1 is far from the input at level 1 (a large offset over many elements), so the sum of the
+    three level distances is smallest for sample 0, while levels 2 and 3 alone prefer sample 1.
+    """
+    m0 = [torch.zeros(1, c, *s) for c, s in zip(CHANNELS, SIZES, strict=True)]
+    m1 = [torch.full((1, c, *s), 1.0) for c, s in zip(CHANNELS, SIZES, strict=True)]
+    m1[0] = torch.full((1, CHANNELS[0], *SIZES[0]), 50.0)
+    memory = [torch.cat([a, b]) for a, b in zip(m0, m1, strict=True)]
+    x = [m0[0], m1[1], m1[2]]
+    return memory, x
+
+
+def test_per_level_selection_can_pick_different_samples_per_level() -> None:
+    memory, x = _level_disagreeing_features()
+    bank = _bank()
+    bank.build(memory)
+    out = bank(x)
+    assert out.indices.tolist() == [[0, 1, 1]]
+    assert all(torch.count_nonzero(di) == 0 for di in out.differences)
+
+
+def test_joint_selection_picks_one_sample_for_all_levels() -> None:
+    memory, x = _level_disagreeing_features()
+    bank = _bank(per_level_selection=False)
+    bank.build(memory)
+    out = bank(x)
+    assert out.indices.tolist() == [[0, 0, 0]]
+    assert torch.count_nonzero(out.differences[0]) == 0
+    assert torch.count_nonzero(out.differences[1]) > 0
+    assert torch.count_nonzero(out.differences[2]) > 0
+
+
+def test_run_before_build_is_a_clear_error() -> None:
+    with pytest.raises(MemoryNotBuiltError, match="build_memory"):
+        _bank()(_features(1, seed=0))
+
+
+def test_other_resolution_than_the_memory_is_a_clear_error() -> None:
+    bank = _bank()
+    bank.build(_features(2, seed=0))
+    wrong = [torch.randn(1, c, s[0] * 2, s[1] * 2) for c, s in zip(CHANNELS, SIZES, strict=True)]
+    with pytest.raises(ValueError, match="another image size"):
+        bank(wrong)
+
+
+def test_memory_is_in_the_state_dict_and_loads_into_an_empty_bank() -> None:
+    bank = _bank()
+    bank.build(_features(3, seed=5))
+    state = bank.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "level1": (3, 4, 8, 8), "level2": (3, 6, 4, 4), "level3": (3, 8, 2, 2),
+    }
+    fresh = _bank()
+    assert not fresh.is_built
+    fresh.load_state_dict(state)
+    assert fresh.size == 3
+    batch = _features(2, seed=6)
+    a, b = bank(batch), fresh(batch)
+    assert torch.equal(a.indices, b.indices)
+    for x, y in zip(a.concatenated, b.concatenated, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_outputs_are_float32_under_autocast() -> None:
+    bank = _bank()
+    bank.build(_features(2, seed=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bank([f.bfloat16() for f in _features(1, seed=1)])
+    assert all(t.dtype == torch.float32 for t in out.concatenated + out.differences)
+
+
+def test_spatial_attention_multiplies_the_upsampled_coarser_means() -> None:
+    di = [torch.full((1, 4, 8, 8), 2.0), torch.full((1, 6, 4, 4), 3.0), torch.full((1, 8, 2, 2), 5.0)]
+    m1, m2, m3 = spatial_attention(di)
+    assert m1.shape == (1, 1, 8, 8) and m2.shape == (1, 1, 4, 4) and m3.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(m3, torch.full_like(m3, 5.0))
+    torch.testing.assert_close(m2, torch.full_like(m2, 15.0))
+    torch.testing.assert_close(m1, torch.full_like(m1, 30.0))
+    # Non-constant: the mean over channels, no normalisation; zero difference anywhere zeroes finer maps.
+    di3 = torch.zeros(1, 8, 2, 2)
+    di3[:, :4, 0, 0] = 4.0  # channel mean 2 at (0, 0), 0 elsewhere
+    _, m2b, m3b = spatial_attention([di[0], di[1], di3])
+    assert m3b[0, 0].tolist() == [[2.0, 0.0], [0.0, 0.0]]
+    up = F.interpolate(m3b, size=(4, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(m2b, 3.0 * up)
+    assert m2b[0, 0, 3, 3] == 0.0
