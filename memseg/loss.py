@@ -55,8 +55,9 @@ class MemSegLoss(nn.Module):
         if logits.ndim != 4 or logits.shape[1] != 2:
             msg = f"MemSegLoss: logits must be (B, 2, H, W), got {tuple(logits.shape)}"
             raise ValueError(msg)
-        if mask.shape != (logits.shape[0], *logits.shape[2:]):
-            msg = f"MemSegLoss: mask must be (B, H, W) = {(logits.shape[0], *logits.shape[2:])}, got {tuple(mask.shape)}"
+        expected = (logits.shape[0], *logits.shape[2:])
+        if tuple(mask.shape) != expected:
+            msg = f"MemSegLoss: mask must be (B, H, W) = {expected}, got {tuple(mask.shape)}"
             raise ValueError(msg)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             prob = torch.softmax(logits.float(), dim=1)
