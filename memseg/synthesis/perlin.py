@@ -29,6 +29,20 @@ from memseg.config import SynthesisConfig
 
 _SQRT2 = np.float32(math.sqrt(2.0))
 
+# OpenBLAS runs a GEMM on several threads once m*n*k exceeds 65536 * 4. For these small products
+# the threads cost far more than they save, and on a busy machine (DataLoader workers, other jobs)
+# their spin-waiting made masks about 10x slower in measurements here. Products are therefore cut
+# into row blocks below that size, which keeps every call single-threaded whatever the BLAS setting.
+_GEMM_SINGLE_THREAD_MNK = 65536 * 4 - 1
+
+
+def _matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[:] = a @ b`` computed in row blocks small enough for single-threaded BLAS."""
+    rows = max(1, _GEMM_SINGLE_THREAD_MNK // (a.shape[1] * b.shape[1]))
+    for start in range(0, a.shape[0], rows):
+        np.matmul(a[start : start + rows], b, out=out[start : start + rows])
+    return out
+
 
 def _fade(t: np.ndarray) -> np.ndarray:
     """Perlin's quintic fade 6t^5 - 15t^4 + 10t^3."""
@@ -106,9 +120,12 @@ def perlin_noise(rng: np.random.Generator, shape: tuple[int, int], res: tuple[in
     angles = rng.random((ry + 1, rx + 1), dtype=np.float32) * np.float32(2.0 * math.pi)
     # grads[0] pairs with the row offset, grads[1] with the column offset (DRAEM's cos/sin order).
     grads = np.stack([np.cos(angles), np.sin(angles)])
-    # (2, ry+1, rx+1) @ (2, rx+1, W) -> (2, ry+1, W): [G0 @ Wx.T, G1 @ Dx.T]
-    right = np.matmul(grads, _col_basis(w, rx)).reshape(2 * (ry + 1), w)
-    noise = _row_basis(h, ry) @ right
+    # right = [G0 @ Wx.T ; G1 @ Dx.T], (2 * (ry + 1), W)
+    col = _col_basis(w, rx)
+    right = np.empty((2, ry + 1, w), dtype=np.float32)
+    _matmul_rows(grads[0], col[0], right[0])
+    _matmul_rows(grads[1], col[1], right[1])
+    noise = _matmul_rows(_row_basis(h, ry), right.reshape(2 * (ry + 1), w), np.empty((h, w), dtype=np.float32))
     noise *= _SQRT2
     return noise
 
