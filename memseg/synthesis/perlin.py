@@ -12,7 +12,7 @@ and a function of the column, so the whole field is two small matrix products::
 where ``W[p, k]`` is the fade weight of lattice line ``k`` for pixel ``p`` (non-zero for the two
 lines around the pixel) and ``D[p, k] = W[p, k] * offset``; ``G0``/``G1`` are the row/column
 components of the lattice gradients. ``W`` and ``D`` depend only on the (size, res) of an axis and
-are cached, so a mask costs two tiny BLAS calls, one ``cv2.warpAffine`` and one threshold, with no
+are cached, so a mask costs a few small GEMMs, one ``cv2.warpAffine`` and one threshold, with no
 per-pixel Python and no ``(H, W, 2)`` temporaries. The result equals DRAEM's field for sizes
 divisible by the scale; other sizes behave as "generate at the next multiple and crop".
 """
