@@ -217,7 +217,7 @@ def render_html(
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child"
         "{text-align:left}.neg{color:#b00}.pos{color:#070}figure{display:inline-block;margin:4px}"
-        "img{width:192px;image-rendering:pixelated}figcaption{font-size:11px}</style>",
+        "img{height:192px;image-rendering:pixelated}figcaption{font-size:11px}</style>",
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, CAVEAT)) + "</ul>",

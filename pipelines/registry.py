@@ -433,7 +433,7 @@ def register_winner(
         log.info("%s: sweep %s trial %s is already version %s", name, winner.sweep_id, winner.trial_id,
                  existing.version)
         _ensure_challenger(client, name, existing.version, created=False)
-        test = {k: float(v) for k, v in existing.tags.items() if k.startswith(keys.TEST_PREFIX) and _isfloat(v)}
+        test = {k: float(v) for k, v in existing.tags.items() if k.startswith(keys.TEST_PREFIX) and is_number(v)}
         return Registration(name, existing.version, existing.source, False, test)
     if not Path(winner.checkpoint).is_file():
         msg = f"{winner.category}: best trial {winner.trial_id} has no checkpoint at {winner.checkpoint}"
@@ -460,7 +460,8 @@ def register_winner(
     return Registration(name, version.version, f"models:/{logged.model_id}", True, evaluation.metrics)
 
 
-def _isfloat(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """True when a tag value parses as a float (``nan`` included)."""
     try:
         float(text)
     except ValueError:
@@ -510,3 +511,31 @@ def _record_on_runs(client: Any, winner: Winner, name: str, version: str, evalua
             "registered_version": version,
         }.items():
             client.set_tag(winner.parent_run_id, key, value)
+
+
+def registered_models(client: Any, *, category: str | None = None, dataset: str | None = None) -> list[str]:
+    """Names of the ``memseg-*`` registered models, optionally of one category and/or dataset.
+
+    Raises:
+        RegistrationError: nothing matches, or ``category`` matches several datasets without ``dataset``.
+    """
+    models, token = [], None
+    while True:
+        page = client.search_registered_models(filter_string="name LIKE 'memseg-%'", page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            break
+    names = sorted(
+        m.name for m in models
+        if (category is None or m.tags.get(TAG_CATEGORY) == category)
+        and (dataset is None or m.tags.get("dataset") == dataset)
+    )
+    if not names:
+        what = " ".join(f"{k}={v}" for k, v in (("category", category), ("dataset", dataset)) if v) or "memseg-*"
+        msg = f"no registered model for {what} on this tracking server"
+        raise RegistrationError(msg)
+    if category is not None and dataset is None and len(names) > 1:
+        msg = f"category {category!r} has models for several datasets ({', '.join(names)}): pass --dataset or --model"
+        raise RegistrationError(msg)
+    return names

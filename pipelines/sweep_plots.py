@@ -105,7 +105,12 @@ def build_study(
 ) -> optuna.Study:
     """An in-memory study holding ``trials`` (only the swept params, see :func:`infer_distributions`)."""
     dists = dict(distributions) if distributions is not None else infer_distributions(trials)
-    study = optuna.create_study(direction=direction, study_name=study_name)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per report
+    try:
+        study = optuna.create_study(direction=direction, study_name=study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for t in sorted(trials, key=lambda t: t.number):
         state = _STATES[t.state]
         value = t.value if state == TrialState.COMPLETE else None
