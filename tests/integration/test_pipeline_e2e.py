@@ -1,0 +1,264 @@
+"""``memseg pipeline run`` end to end on the smoke config, against a real ``mlflow server`` and a real Ray.
+
+One module-scoped scenario (CI-sized: 2 categories x 3 tiny trials) that the tests then inspect:
+
+1. run the pipeline; after the first category is registered the tracking server is STOPPED
+   (``on_step`` hook), so the run must fail with an error naming the server;
+2. restart the server on the same port and database, run again: it must finish without repeating
+   the finished sweeps;
+3. run a third time: nothing new may appear (runs, model versions, LoggedModels, trials).
+
+The registered champions are then loaded in a fresh interpreter and served over HTTP by
+``mlflow models serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import flow, registry
+from pipelines.promotion import PromotionPolicy
+from pipelines.pyfunc_model import encode_png
+from pipelines.tracking import TrackingError
+from sweeps.spec import load_sweep_spec
+from tests.helpers.mlflow_server import MlflowServer, start_mlflow_server, wait_healthy
+from tests.helpers.ray_cluster import HOST, free_port
+
+pytestmark = [pytest.mark.mlflow, pytest.mark.ray, pytest.mark.slow]
+
+# Untrained smoke models may score below chance; the floor is not what this test is about.
+POLICY = PromotionPolicy(floor=0.0)
+
+
+def _restart(server: MlflowServer) -> MlflowServer:
+    """Start the same server command again: same port, same SQLite database and artifact folder."""
+    server.stop()
+    log = server.root / "server-restarted.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(server.proc.args, stdout=out, stderr=subprocess.STDOUT, cwd=server.root,
+                                start_new_session=True, env=os.environ.copy())
+    restarted = MlflowServer(uri=server.uri, root=server.root, proc=proc, log=log)
+    wait_healthy(restarted.uri, proc, log)
+    return restarted
+
+
+def _snapshot(uri: str, sweep_id: str, storage: Path) -> dict[str, Any]:
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"memseg-sweep-{sweep_id}")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    models = registry.registered_models(client)
+    return {
+        "runs": sorted(r.info.run_id for r in runs),
+        "versions": {m: sorted(v.version for v in client.search_model_versions(f"name = '{m}'")) for m in models},
+        "logged_models": len(mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")),
+        "trial_dirs": sorted(p.name for p in (storage / sweep_id).glob("*/memseg_*")),
+    }
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    import ray
+
+    from sweeps.driver import latest_sweep_id
+
+    root = tmp_path_factory.mktemp("pipeline")
+    storage = root / "sweeps"
+    spec = load_sweep_spec("smoke").with_changes(
+        {"data.root": str(root / "data"), "storage.path": str(storage), "search.num_samples": 2}
+    )
+    ray_was_up = ray.is_initialized()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"  # a dead server fails in seconds, not minutes
+    held = {"server": start_mlflow_server(root / "mlflow")}
+    uri = held["server"].uri
+    run = dict(tracking_uri=uri, policy=POLICY, report_dir=root / "report", device="cpu")  # noqa: C408
+    try:
+        first = spec.categories[0]
+
+        def stop_after_first_registration(stage: str, category: str | None) -> None:
+            if stage == "register" and category == first:
+                held["server"].stop()
+
+        with pytest.raises(TrackingError) as failure:
+            flow.run_pipeline(spec, on_step=stop_after_first_registration, **run)
+        held["server"] = _restart(held["server"])
+        sweep_id = latest_sweep_id(str(storage), spec.name)
+        state: dict[str, Any] = {"spec": spec, "root": root, "uri": uri, "sweep_id": sweep_id,
+                                 "failure": str(failure.value)}
+        state["before_second"] = _snapshot(uri, sweep_id, storage)
+        state["second"] = flow.run_pipeline(spec, **run)
+        state["after_second"] = _snapshot(uri, sweep_id, storage)
+        state["third"] = flow.run_pipeline(spec, **run)
+        state["after_third"] = _snapshot(uri, sweep_id, storage)
+        yield state
+    finally:
+        held["server"].stop()
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _champion(uri: str, category: str) -> str:
+    client = mlflow.MlflowClient(uri)
+    return registry.registered_models(client, category=category)[0]
+
+
+def _test_image(root: Path, category: str) -> np.ndarray:
+    """A defective test image, resized to 80 x 48 (not the model's 64 x 64) to check the map's size."""
+    path = sorted(p for p in (root / "data" / category / "test").rglob("*.png") if p.parent.name != "good")[0]
+    image = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, (80, 48), interpolation=cv2.INTER_LINEAR)
+
+
+def _in_process(uri: str, name: str, image: np.ndarray) -> tuple[float, np.ndarray]:
+    mlflow.set_tracking_uri(uri)
+    out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(pd.DataFrame({"image": [encode_png(image)]}))
+    return float(out["score"][0]), np.asarray(out["anomaly_map"][0], np.float32)
+
+
+# --- the tests ----------------------------------------------------------------------------------------
+
+
+def test_outage_fails_naming_the_server_and_rerun_skips_finished_sweeps(scenario: dict[str, Any]) -> None:
+    assert scenario["uri"] in scenario["failure"] and "not reachable" in scenario["failure"]
+    second = scenario["second"]
+    categories = scenario["spec"].categories
+    assert second.ok and second.sweep_id == scenario["sweep_id"]
+    assert second.swept == [] and second.skipped_sweeps == categories
+    before, after = scenario["before_second"], scenario["after_second"]
+    assert after["runs"] == before["runs"] and after["trial_dirs"] == before["trial_dirs"]
+    assert len(before["trial_dirs"]) == 2 * len(categories)
+    # The first category was registered before the outage, the second after it.
+    assert not second.registrations[categories[0]].created
+    assert second.registrations[categories[1]].created
+
+
+def test_each_category_has_one_registered_model_with_a_champion(scenario: dict[str, Any]) -> None:
+    uri = scenario["uri"]
+    client = mlflow.MlflowClient(uri)
+    versions = scenario["after_third"]["versions"]
+    assert len(versions) == len(scenario["spec"].categories)
+    for category in scenario["spec"].categories:
+        name = _champion(uri, category)
+        assert versions[name] == ["1"]
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.version == "1"
+        assert champion.tags["sweep_id"] == scenario["sweep_id"] and champion.tags["category"] == category
+        assert champion.tags["gate.decision"] == "promoted"
+        assert 0.0 <= float(champion.tags["test_image_auroc"]) <= 1.0
+
+
+def test_running_again_duplicates_nothing(scenario: dict[str, Any]) -> None:
+    assert scenario["after_third"] == scenario["after_second"]
+    third = scenario["third"]
+    assert third.ok and third.swept == []
+    assert not any(r.created for r in third.registrations.values())
+    assert all(p.decision is None for p in third.promotions.values())  # champion already: nothing to decide
+
+
+def test_champion_loads_and_predicts_in_a_fresh_process(scenario: dict[str, Any], tmp_path: Path) -> None:
+    uri, category = scenario["uri"], scenario["spec"].categories[0]
+    name = _champion(uri, category)
+    image = _test_image(scenario["root"], category)
+    cv2.imwrite(str(tmp_path / "image.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    script = (
+        "import base64, json, sys, mlflow, numpy as np, pandas as pd\n"
+        "b64 = base64.b64encode(open('image.png', 'rb').read()).decode()\n"
+        f"model = mlflow.pyfunc.load_model('models:/{name}@champion')\n"
+        "out = model.predict(pd.DataFrame({'image': [b64]}))\n"
+        "m = np.asarray(out['anomaly_map'][0])\n"
+        "json.dump({'score': float(out['score'][0]), 'map': m.tolist()}, open('out.json', 'w'))\n"
+    )
+    # -I: isolated interpreter (no PYTHONPATH, no cwd on sys.path): only what is installed.
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    anomaly_map = np.asarray(got["map"], np.float32)
+    assert anomaly_map.shape == (48, 80)
+    assert 0.0 <= got["score"] <= 1.0 and 0.0 <= anomaly_map.min() <= anomaly_map.max() <= 1.0
+    score, expected = _in_process(uri, name, image)
+    assert got["score"] == pytest.approx(score, abs=1e-5)
+    np.testing.assert_allclose(anomaly_map, expected, atol=1e-5)
+
+
+def test_scoring_server_answers_like_in_process(scenario: dict[str, Any], tmp_path: Path) -> None:
+    uri, category = scenario["uri"], scenario["spec"].categories[1]
+    name = _champion(uri, category)
+    image = _test_image(scenario["root"], category)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+             "--env-manager", "local", "-h", HOST, "-p", str(port), "-w", "1"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "scoring server not up:\n" + log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_png(image)]]}}).encode()
+        request = urllib.request.Request(f"http://{HOST}:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            answer = json.loads(resp.read())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (row,) = answer["predictions"]
+    served = np.asarray(row["anomaly_map"], np.float32)
+    assert served.shape == (48, 80)
+    score, expected = _in_process(uri, name, image)
+    assert row["score"] == pytest.approx(score, abs=1e-5)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) -> None:
+    report = scenario["third"].report
+    table = pd.read_csv(report.files.csv)
+    categories = scenario["spec"].categories
+    assert sorted(table["category"]) == sorted([*categories, "mean"])
+    rows = table.set_index("category")
+    for category in categories:
+        assert rows.loc[category, "trials_run"] == 2
+        assert 0.0 <= rows.loc[category, "test_image_auroc"] <= 100.0
+        assert rows.loc[category, "diff_image_auroc"] == pytest.approx(
+            rows.loc[category, "test_image_auroc"] - rows.loc[category, "paper_image_auroc"])
+    assert report.files.html.read_text().count("data:image/png;base64,") >= len(categories)
+    client = mlflow.MlflowClient(scenario["uri"])
+    for cat in report.categories:
+        logged = {a.path for a in client.list_artifacts(cat.parent_run_id, "report")}
+        assert {"report/leaderboard.md", "report/leaderboard.csv", "report/leaderboard.html"} <= logged
+        plots = {a.path for a in client.list_artifacts(cat.parent_run_id, "optuna")}
+        assert "optuna/optimization_history.png" in plots
