@@ -43,6 +43,7 @@ from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
 from sweeps.status import classify
 from sweeps.trainable import trial_config
+from sweeps.tune_callback import NODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ TAG_ERROR = "memseg.error"
 TAG_GIT = "git_commit"
 TAG_FINGERPRINT = "dataset_fingerprint"
 TAG_SPACE = "search_space"
+TAG_NODE = "ray_node_id"
 PARENT_TAG = "mlflow.parentRunId"
 
 CREDENTIAL_VARS = (
@@ -70,7 +72,7 @@ _TUNE_KEYS = frozenset({
     "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp", "pid",
     "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore",
     "done", "step", "should_checkpoint", "checkpoint_dir_name",
-})
+})  # ... and every non-numeric value (node ip, hostname, the node id, which becomes a tag)
 # The trial's own output folder is a worker-local path; it is a tag (trial_dir), not a param.
 _NOT_PARAMS = frozenset({"train.output_dir"})
 _STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
@@ -331,11 +333,13 @@ class MlflowTrialCallback(Callback):
         self.tags = dict(tags)
         self._client_obj: Any = None
         self._runs: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client_obj"] = None
         state["_runs"] = {}  # rebuilt from MLflow by tag, the source of truth
+        state["_nodes"] = {}
         return state
 
     @property
@@ -397,7 +401,7 @@ class MlflowTrialCallback(Callback):
 
     @_logged
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         step = result.get("step")
         if step is None:
@@ -410,8 +414,12 @@ class MlflowTrialCallback(Callback):
             if key not in _TUNE_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value)
         ]
-        if metrics:
-            self._client.log_batch(run_id, metrics=metrics)
+        node = result.get(NODE_KEY)
+        tags = [RunTag(TAG_NODE, str(node))] if node and self._nodes.get(trial.trial_id) != node else []
+        if metrics or tags:
+            self._client.log_batch(run_id, metrics=metrics, tags=tags)
+        if node:
+            self._nodes[trial.trial_id] = node
 
     @_logged
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:

@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from ray.tune import Callback
+
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import ConfigError, MemSegError
 from memseg.metrics.keys import STEP
@@ -173,12 +175,18 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
         cfg = resolve_for_category(base.with_overrides({"data.category": category}), category)
         if cfg.data.dtd_root is not None:
             cfg = cfg.with_overrides({"data.dtd_root": str(Path(cfg.data.dtd_root).expanduser().resolve())})
+        pool = memory_pool_limit(data_root, cfg)
+        if cfg.model.memory_size > pool:
+            # The authors' N (30; 120 for screw) does not fit a small train/good folder; every trial of
+            # the category, swept or not, uses the largest N that leaves validation and training images.
+            logger.info("%s: model.memory_size %d capped to %d by train/good", category, cfg.model.memory_size, pool)
+            cfg = cfg.with_overrides({"model.memory_size": pool})
         plans.append(
             CategoryPlan(
                 sweep_id=sweep_id,
                 category=category,
                 base_config=cfg,
-                space=space.for_category(cfg, memory_pool=memory_pool_limit(data_root, cfg)),
+                space=space.for_category(cfg, memory_pool=pool),
                 storage_path=storage,
                 metric=tune_metric(cfg),
                 step_budget=cfg.train.steps,
@@ -277,6 +285,35 @@ def cluster_resources() -> dict[str, float]:
 
 # --- Tune ------------------------------------------------------------------------------------------
 
+# Ray Tune's trainable registry is not thread-safe (``register`` iterates a dict another thread may be
+# filling), so the studies start one after the other: each waits until the previous one reached its
+# callbacks' ``setup`` (registration done), then they all run side by side.
+_STARTED: dict[str, threading.Event] = {}
+_STARTED_LOCK = threading.Lock()
+STARTUP_TIMEOUT_S = 300.0
+
+
+def _start_key(plan: CategoryPlan) -> str:
+    return f"{plan.sweep_id}/{plan.category}"
+
+
+class StudyStartedCallback(Callback):
+    """Signals the driver that a study got past its start-up (holds only a key, so it pickles)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def setup(self, **info: Any) -> None:
+        with _STARTED_LOCK:
+            event = _STARTED.get(self.key)
+        if event is not None:
+            event.set()
+
+
+def _release_when(event: threading.Event, lock: threading.Lock) -> None:
+    event.wait(STARTUP_TIMEOUT_S)
+    lock.release()
+
 
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (the default embeds every parameter, brackets included)."""
@@ -290,6 +327,7 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per category is noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
@@ -337,7 +375,7 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
             storage_path=plan.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, StudyStartedCallback(_start_key(plan))],
             verbose=0,
         ),
     )
@@ -421,11 +459,19 @@ def run_sweep(
     if spec.storage.snapshot_interval_s is not None:
         # Read by every TuneController at start; one value for the whole driver.
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(spec.storage.snapshot_interval_s)
+    # Per-experiment snapshots are frequent with small trials; Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
     results: dict[str, CategoryResult] = {}
     lock = threading.Lock()
+    startup = threading.Lock()
 
     def one(plan: CategoryPlan) -> None:
+        event = threading.Event()
+        with _STARTED_LOCK:
+            _STARTED[_start_key(plan)] = event
+        startup.acquire()
+        threading.Thread(target=_release_when, args=(event, startup), daemon=True).start()
         if board is not None:
             board.set_state(plan.category, "running")
         try:
@@ -439,6 +485,8 @@ def run_sweep(
             logger.error("%s: study crashed\n%s", plan.category, traceback.format_exc())
             res = CategoryResult(plan.category, plan.experiment_path, error=f"{type(exc).__name__}: {exc}")
             state, error = "error", res.error
+        finally:
+            event.set()  # start-up over, whatever happened
         if board is not None:
             board.set_state(plan.category, state, error)
         with lock:

@@ -5,7 +5,8 @@ Train). It only trains and reports (Ray Tune examples): the config is ``base.wit
 ``memseg.training.fit`` runs with a :class:`~sweeps.tune_callback.TuneReportCallback`, and a retried
 or resumed trial continues from ``ray.tune.get_checkpoint()``. Torch gets as many threads as the
 trial has CPUs. Every path in the base config is absolute before it gets here, because Tune runs the
-trial with its working directory set to the trial folder.
+trial with its working directory set to a per-trial folder; the trial writes its training output
+there (local disk), and only the checkpoints it reports go to the storage path.
 
 Each category gets its own function object named ``memseg_<category>``: Tune registers trainables by
 name per job, and the per-category Tuners run side by side in one driver, so a shared name would
@@ -15,7 +16,9 @@ must be the same on every run of the sweep.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,18 @@ def trainable_name(category: str) -> str:
     return f"memseg_{category}"
 
 
+def local_trial_dir(trial_id: str) -> Path:
+    """Where the trial writes while it trains: on the worker's local disk, never the storage path.
+
+    ``get_trial_dir()`` is the trial's folder on the storage path (maybe a bucket); the working
+    directory Tune moved the process into is local and per trial. Only what ``tune.report`` persists
+    reaches the storage.
+    """
+    if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") != "0":
+        return Path.cwd().resolve()
+    return Path(tempfile.gettempdir()).resolve() / "memseg-trials" / trial_id
+
+
 def make_trainable(category: str, base: MemSegConfig) -> Callable[[dict[str, Any]], None]:
     """The function trainable of one category (closes over the plain base config, which pickles)."""
     base_tree = base.model_dump()
@@ -51,28 +66,30 @@ def make_trainable(category: str, base: MemSegConfig) -> Callable[[dict[str, Any
 
 def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
     """Body of a trial (runs inside the Tune worker process)."""
+    import ray
     from ray import tune
 
     from memseg.training import fit
-    from sweeps.tune_callback import TuneReportCallback
+    from sweeps.tune_callback import NODE_KEY, TuneReportCallback
 
     ctx = tune.get_context()
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1.0)
 
-    trial_dir = Path(ctx.get_trial_dir()).resolve()
+    work = local_trial_dir(ctx.get_trial_id())
     cfg = trial_config(MemSegConfig.model_validate(base_tree), config)
-    cfg = cfg.with_overrides({"train.output_dir": str(trial_dir / "train")})
+    cfg = cfg.with_overrides({"train.output_dir": str(work / "train")})
 
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # A local copy: the storage copy may be remote (bucket) and fit() reads it while it trains.
-        local = trial_dir / "resume_checkpoint"
+        local = work / "resume_checkpoint"
         shutil.rmtree(local, ignore_errors=True)
         resume_from = Path(checkpoint.to_directory(str(local)))
 
     # Test metrics belong to the champion, once, after the sweep (platform-notes P22), not to every trial.
     fit(
-        cfg, callbacks=[TuneReportCallback()], resume_from=resume_from, progress=False, evaluate_test=False,
+        cfg, callbacks=[TuneReportCallback({NODE_KEY: ray.get_runtime_context().get_node_id()})],
+        resume_from=resume_from, progress=False, evaluate_test=False,
         num_threads=torch_threads(cpus),
     )

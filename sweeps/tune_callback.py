@@ -31,15 +31,24 @@ def tune_metrics(step: int, metrics: Mapping[str, Any]) -> dict[str, float | int
     return out
 
 
-class TuneReportCallback:
-    """Reports validation metrics and the checkpoint directory to Tune at every evaluation."""
+NODE_KEY = "ray_node_id"
 
-    def __init__(self) -> None:
+
+class TuneReportCallback:
+    """Reports validation metrics and the checkpoint directory to Tune at every evaluation.
+
+    Args:
+        extra: constant values added to every report (the trial's Ray node id, so the driver can
+            tag where the trial ran).
+    """
+
+    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
+        self.extra = dict(extra or {})
         self.reports = 0
 
     def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         from ray import tune
 
-        payload = tune_metrics(step, metrics)
+        payload: dict[str, Any] = {**tune_metrics(step, metrics), **self.extra}
         tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         self.reports += 1
