@@ -105,22 +105,24 @@ def run_tracked_sweep(
         where = {k: v for k, v in (changes or {}).items() if k in ("data.root", "storage.path")}
         spec, recorded_categories = recorded[0].with_changes(where) if where else recorded[0], recorded[1]
         categories = categories or recorded_categories
+        manifest_categories = unique([*recorded_categories, *categories])
     else:
         sweep_id = sweep_id or driver.make_sweep_id(spec.name)
         if driver.read_manifest(storage_root, sweep_id) is not None:
             raise driver.SweepError(f"sweep {sweep_id!r} already exists under {storage_root}: pass --resume")
+        manifest_categories = unique(categories or spec.categories)
     categories = unique(categories or spec.categories)
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_store_uri(
+        storage_root if not driver.is_uri(storage_root) else "runs"
+    )
+    tracking.check_tracking_store(uri)  # before anything slow: a dead server is the most common mistake
 
     data_root = Path(spec.data.root).expanduser().resolve()
     if spec.data.generate is not None:
         g = spec.data.generate
         ensure_dataset(data_root, categories, size=g.size, n_train=g.n_train, n_test_good=g.n_test_good,
                        n_test_defect=g.n_test_defect, seed=g.seed)
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.local_store_uri(
-        storage_root if not driver.is_uri(storage_root) else "runs"
-    )
-    tracking.check_tracking_store(uri)
     nodes = driver.connect_ray(tracking.worker_env(uri), spec.cluster.local_num_cpus)
     tracking.check_store_for_cluster(uri, nodes)
     if nodes > 1 and not driver.is_uri(storage_root):
@@ -128,7 +130,7 @@ def run_tracked_sweep(
               file=stream)
 
     plans = driver.plan_sweep(spec, sweep_id, categories)
-    driver.write_manifest(spec, sweep_id, categories)
+    driver.write_manifest(spec, sweep_id, manifest_categories)
     artifacts = None
     if tracking.is_local_store(uri) and not driver.is_uri(storage_root):
         artifacts = (Path(storage_root) / "mlartifacts").as_uri()
