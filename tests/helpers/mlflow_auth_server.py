@@ -87,6 +87,14 @@ class MlflowAuthServer:
                 username, resource_type, resource_id, permission
             )
 
+    def permission(self, username: str, resource_type: str, resource_id: str) -> str:
+        """The effective permission name (READ/EDIT/MANAGE/...) of ``username`` on a resource."""
+        from mlflow.server import get_app_client
+
+        with _env({**self.client_env(ADMIN_USER)}):
+            client = get_app_client("basic-auth", tracking_uri=self.tracking_uri)
+            return client.get_user_permission(username, resource_type, resource_id).permission
+
 
 class _env:  # noqa: N801 - used like a function
     """Temporarily set environment variables (the MLflow REST client reads credentials from there)."""
