@@ -112,7 +112,7 @@ def run_pipeline(
     report_dir: str | Path | None = None,
     device: str = "auto",
     on_step: StepHook | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> PipelineResult:
     """Sweep the categories, register each winner, run the promotion gate, write the report.
 
@@ -126,7 +126,7 @@ def run_pipeline(
         report_dir: where the report goes (default ``runs/reports/<sweep_id>``).
         device: where registration and the gate evaluate (``auto``/``cpu``/``cuda``).
         on_step: called as ``on_step(stage, category)`` after every finished step (progress, tests).
-        stream: where progress and the summary are printed.
+        stream: where progress and the summary are printed (default: the current ``sys.stdout``).
 
     Raises:
         TrackingError: the tracking server is not reachable (the message names it).
@@ -137,6 +137,7 @@ def run_pipeline(
     from sweeps.spec import unique
 
     policy = policy or PromotionPolicy()
+    stream = stream or sys.stdout
     storage_root = driver.absolute_storage(spec.storage.path)
     uri = resolve_tracking_uri(storage_root, tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the sweep stage (and its Ray workers) read it from here

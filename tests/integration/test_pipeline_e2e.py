@@ -262,3 +262,28 @@ def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) ->
         assert {"report/leaderboard.md", "report/leaderboard.csv", "report/leaderboard.html"} <= logged
         plots = {a.path for a in client.list_artifacts(cat.parent_run_id, "optuna")}
         assert "optuna/optimization_history.png" in plots
+
+
+def test_cli_pipeline_promote_report(scenario: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipelines.cli import main
+
+    uri, root = scenario["uri"], scenario["root"]
+    rc = main(["pipeline", "run", "--config", "smoke", "--data-root", str(root / "data"),
+               "--storage", str(root / "sweeps"), "--set", "search.num_samples=2", "--tracking-uri", uri,
+               "--report-dir", str(tmp_path / "pipeline-report"), "--device", "cpu", "--floor", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"sweep {scenario['sweep_id']} (continuing)" in out and "finished already, skipped" in out
+    assert "report: " in out and "MLflow UI: " in out
+    assert _snapshot(uri, scenario["sweep_id"], root / "sweeps") == scenario["after_third"]
+
+    assert main(["promote", "--all", "--tracking-uri", uri, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("is already the champion") == len(scenario["spec"].categories)
+
+    assert main(["report", "--sweep", scenario["sweep_id"], "--out", str(tmp_path / "r"), "--tracking-uri", uri,
+                 "--no-mlflow"]) == 0
+    assert (tmp_path / "r" / "leaderboard.html").is_file()
+    assert "| mean |" in capsys.readouterr().out
+
+    assert main(["report", "--sweep", "no-such-sweep", "--tracking-uri", uri]) == 1
+    assert "no-such-sweep" in capsys.readouterr().err
