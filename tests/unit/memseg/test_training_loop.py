@@ -158,3 +158,14 @@ def test_resume_names_a_missing_or_incomplete_checkpoint(synthetic_root: Path, t
     (half / MODEL_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=TRAIN_STATE_FILE):
         fit(_cfg(synthetic_root, tmp_path / "y"), resume_from=half, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_uses_bf16_autocast_and_saves_cpu_tensors(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synthetic_root, tmp_path / "cuda", **{"train.device": "cuda", "train.amp": True})
+    result = fit(cfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in result.train_log)
+    assert keys.TEST_PIXEL_AUROC in result.test_metrics
+    payload = load_model_file(result.best_checkpoint)
+    assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
