@@ -246,5 +246,8 @@ def format_summary(result: PipelineResult) -> str:
     if result.report is not None:
         lines.append(f"report: {result.report.files.html.resolve()}  (also .md and .csv, and in MLflow)")
     lines.append(f"MLflow UI: {ui_hint(result.tracking_uri, result.experiment_id)}")
-    lines.append("serve a champion: mlflow models serve -m models:/<name>@champion --env-manager local -p 5001")
+    champions = [p.name for p in result.promotions.values() if p.champion_after]
+    if champions:
+        lines.append(f"serve a champion: MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve "
+                     f"-m models:/{champions[0]}@champion --env-manager local -p 5001")
     return "\n".join(lines)
