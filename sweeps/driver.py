@@ -60,6 +60,7 @@ from sweeps.trainable import make_trainable, trial_config
 logger = logging.getLogger(__name__)
 
 MANIFEST = "sweep.yaml"
+BEST_CONFIG = "best_config.yaml"  # per category: `memseg train --config` retrains the winner
 
 
 class SweepError(MemSegError):
@@ -111,6 +112,7 @@ class CategoryResult:
     trials: list[TrialSummary] = field(default_factory=list)
     best: TrialSummary | None = None
     best_config: MemSegConfig | None = None
+    best_config_path: str | None = None
     error: str | None = None
 
     def counts(self) -> dict[str, int]:
@@ -414,7 +416,18 @@ def run_category(
             logger.info("%s: nothing to resume at %s, starting the study", plan.category, path)
         tuner = build_tuner(plan, spec, callbacks)
     grid = tuner.fit()
-    return summarize_grid(plan, grid)
+    result = summarize_grid(plan, grid)
+    if result.best_config is not None:
+        result.best_config_path = write_text(f"{plan.experiment_path}/{BEST_CONFIG}", result.best_config.to_yaml())
+    return result
+
+
+def write_text(path: str, text: str) -> str:
+    """Write a small text file to a local path or a bucket URI; returns the path."""
+    fs, fs_path = _fs(path)
+    with fs.open_output_stream(fs_path) as out:
+        out.write(text.encode())
+    return path
 
 
 def summarize_grid(plan: CategoryPlan, grid: Any) -> CategoryResult:
@@ -461,6 +474,9 @@ def run_sweep(
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(spec.storage.snapshot_interval_s)
     # Per-experiment snapshots are frequent with small trials; Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # 15 studies printing Tune's own tables would bury the status table; verbose=0 only silences them
+    # on the classic output path.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.monotonic()
     results: dict[str, CategoryResult] = {}
     lock = threading.Lock()

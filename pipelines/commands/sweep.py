@@ -176,6 +176,8 @@ def format_summary(result: Any, uri: str, experiment_id: str) -> str:
         lines.append(f"  {cat}: {res.best.score:.4f}  trial {res.best.trial_id}  [{counts}]")
         for key, value in sorted(overrides_from_params(res.best.params).items()):
             lines.append(f"      {key} = {value}")
+        if res.best_config_path:
+            lines.append(f"      full config: {res.best_config_path}")
         if res.best.checkpoint_path:
             lines.append(f"      checkpoint: {res.best.checkpoint_path}")
     lines.append(f"MLflow: {tracking.ui_hint(uri, experiment_id)}")

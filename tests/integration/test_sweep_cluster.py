@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from memseg.config import load_config
 from pipelines import tracking
 from sweeps.dataset import ensure_dataset
 from sweeps.spec import load_sweep_spec
@@ -147,6 +148,10 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
         assert parent.data.tags["best_trial_id"] == best
         assert parent.data.metrics[METRIC] == pytest.approx(scores[best])
         assert f"{category}: {scores[best]:.4f}  trial {best}" in out.stdout
+        best_cfg = load_config(storage / sweep_id / category / "best_config.yaml")  # retrains the winner
+        expected = {k: "None" if v is None else str(v) for k, v in best_cfg.flatten().items()}
+        expected.pop("train.output_dir")
+        assert expected == mine[best].data.params
     assert len(nodes) == 2, "trials ran on both nodes of the cluster"
     assert "MLflow: http://" in out.stdout
 
