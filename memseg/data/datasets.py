@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +243,36 @@ class TrainDataset(Dataset):
         return to_tensor(image), mask
 
 
+@contextmanager
+def _opencv_pool_stopped() -> Iterator[None]:
+    """Stop OpenCV's worker threads while DataLoader workers are forked, restart them afterwards.
+
+    Why: a forked child inherits OpenCV's pthreads pool with its condition variable still counting
+    the parent's sleeping pool threads as waiters; the worker's ``cv2.setNumThreads(1)``
+    (``worker_init_fn``) then blocks forever in ``pthread_cond_destroy``. Any OpenCV work in the
+    parent before the fork (the validation set's synthesis) leaves such threads, so a run with
+    ``data.num_workers > 0`` hung at its first batch. With one thread there is no pool to inherit.
+    """
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+class _ForkSafeLoader(DataLoader):
+    """A DataLoader whose workers are forked without OpenCV pool threads (see :func:`_opencv_pool_stopped`)."""
+
+    def _get_iterator(self):  # noqa: ANN202 - torch's private iterator types
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with _opencv_pool_stopped():
+            return super()._get_iterator()
+
+
 def create_train_loader(
     samples: Sequence[Sample], cfg: MemSegConfig, *, start_step: int = 0, pin_memory: bool = False
 ) -> DataLoader:
@@ -260,7 +291,7 @@ def create_train_loader(
         len(dataset), cfg.train.batch_size, cfg.synthesis.synthetic_ratio, cfg.train.seed, start_step
     )
     workers = cfg.data.num_workers
-    return DataLoader(
+    return _ForkSafeLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
