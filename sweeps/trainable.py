@@ -6,7 +6,14 @@ Train). It only trains and reports (Ray Tune examples): the config is ``base.wit
 or resumed trial continues from ``ray.tune.get_checkpoint()``. Torch gets as many threads as the
 trial has CPUs. Every path in the base config is absolute before it gets here, because Tune runs the
 trial with its working directory set to a per-trial folder; the trial writes its training output
-there (local disk), and only the checkpoints it reports go to the storage path.
+there (local disk), and only the checkpoints it reports go to the storage path. That local output is
+removed when ``fit`` returns or raises (:mod:`sweeps.storage_pruning`): every checkpoint in it is on
+storage already, and nothing reads the rest (``metrics.json``, ``config.yaml``) - the driver's
+callbacks read the reported checkpoints on storage.
+
+A trial resumed from a checkpoint that :class:`~sweeps.storage_pruning.PruneFinishedTrials` slimmed
+(it had ended, but the driver was killed before Tune's snapshot said so) ends the way it ended: it
+reports its last result again, or fails again, without training.
 
 Each category gets its own function object named ``memseg_<category>``: Tune registers trainables by
 name per job, and the per-category Tuners run side by side in one driver, so a shared name would
@@ -18,13 +25,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from memseg.config import MemSegConfig
+from memseg.errors import MemSegError
 from sweeps.search_space import overrides_from_params
+from sweeps.storage_pruning import RESUME_SCRATCH, TRAIN_SCRATCH, fallback_work_dir, read_marker, remove_scratch
+
+
+class TrialEndedBeforeError(MemSegError):
+    """A trial that had failed for good was started again from its pruned checkpoint (after a driver crash)."""
 
 
 def trial_config(base: MemSegConfig, params: Mapping[str, Any]) -> MemSegConfig:
@@ -50,7 +62,7 @@ def local_trial_dir(trial_id: str) -> Path:
     """
     if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") != "0":
         return Path.cwd().resolve()
-    return Path(tempfile.gettempdir()).resolve() / "memseg-trials" / trial_id
+    return fallback_work_dir(trial_id)
 
 
 def make_trainable(category: str, base: MemSegConfig) -> Callable[[dict[str, Any]], None]:
@@ -74,22 +86,46 @@ def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
 
     ctx = tune.get_context()
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1.0)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and end_as_before(ctx.get_trial_id(), checkpoint):
+        return
 
     work = local_trial_dir(ctx.get_trial_id())
     cfg = trial_config(MemSegConfig.model_validate(base_tree), config)
-    cfg = cfg.with_overrides({"train.output_dir": str(work / "train")})
+    cfg = cfg.with_overrides({"train.output_dir": str(work / TRAIN_SCRATCH)})
+    try:
+        resume_from = None
+        if checkpoint is not None:
+            # A local copy: the storage copy may be remote (bucket) and fit() reads it while it starts.
+            local = work / RESUME_SCRATCH
+            shutil.rmtree(local, ignore_errors=True)
+            resume_from = Path(checkpoint.to_directory(str(local)))
 
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        # A local copy: the storage copy may be remote (bucket) and fit() reads it while it trains.
-        local = work / "resume_checkpoint"
-        shutil.rmtree(local, ignore_errors=True)
-        resume_from = Path(checkpoint.to_directory(str(local)))
+        # Test metrics belong to the champion, once, after the sweep (platform-notes P22), not to every trial.
+        fit(
+            cfg, callbacks=[TuneReportCallback({NODE_KEY: ray.get_runtime_context().get_node_id()})],
+            resume_from=resume_from, progress=False, evaluate_test=False,
+            num_threads=torch_threads(cpus),
+        )
+    finally:
+        # Every reported checkpoint is on storage by now; the rest of the local output is read by no one.
+        remove_scratch(work)
 
-    # Test metrics belong to the champion, once, after the sweep (platform-notes P22), not to every trial.
-    fit(
-        cfg, callbacks=[TuneReportCallback({NODE_KEY: ray.get_runtime_context().get_node_id()})],
-        resume_from=resume_from, progress=False, evaluate_test=False,
-        num_threads=torch_threads(cpus),
-    )
+
+def end_as_before(trial_id: str, checkpoint: Any) -> bool:
+    """End a trial whose checkpoint was pruned the way it ended; False when the checkpoint is whole.
+
+    Raises:
+        TrialEndedBeforeError: the trial had failed for good (Tune counts it as a failure again).
+    """
+    from ray import tune
+
+    marker = read_marker(checkpoint.filesystem, checkpoint.path)
+    if marker is None:
+        return False
+    if marker.get("status") == "ERROR":
+        msg = (f"trial {trial_id} had failed before the sweep was restarted ({marker.get('error', 'error')}); "
+               f"its checkpoint {checkpoint.path} was pruned, so it is not run again")
+        raise TrialEndedBeforeError(msg)
+    tune.report(dict(marker.get("result") or {}))
+    return True

@@ -1,0 +1,264 @@
+"""Disk hygiene of a sweep: an ended trial keeps only what is read after it (issue 3, storage).
+
+Every evaluation of a trial reports a whole checkpoint directory (:mod:`memseg.training.checkpoint`):
+``model.pt`` + ``best_model.pt`` + ``train_state.pt`` (SGD momentum) + ``heatmaps/``. With 18 M
+trainable parameters that is ~240 MB whatever the image size, and two copies of it outlived the
+trial for nothing (the README's demo left ~12 GB behind):
+
+* **Storage** (Tune's ``storage_path``). A trial that ended - finished, stopped by ASHA, or failed
+  after its last retry - is never resumed (the driver restores with ``resume_unfinished=True,
+  resume_errored=False``). After it ends its checkpoints only serve the registry
+  (``best_model.pt``, :func:`pipelines.registry.locate_checkpoint`) and the heat maps
+  (``heatmaps/``, a few kB, read by the MLflow callback when the checkpoint is reported).
+  :class:`PruneFinishedTrials` deletes ``model.pt`` and ``train_state.pt`` from them. A trial that
+  is still running, or failed and will be retried, keeps its full checkpoint.
+* **Local scratch.** The trial's training output (``train/``) and its copy of the checkpoint it
+  resumed from (``resume_checkpoint/``) live on the node's disk, under Ray's session folder. Every
+  reported checkpoint is on storage once ``tune.report`` returns, so the trainable removes them
+  when ``fit`` returns or raises (:func:`remove_scratch`). A trial stopped by ASHA is ended by Ray
+  while its training thread unwinds (Ray does not wait for it), so the callback removes the scratch
+  again from the driver; that reaches the trials that ran on the driver's node (the laptop case).
+
+**Crash safety.** Tune writes its experiment snapshot periodically, so after a ``kill -9`` a trial
+that had ended (and been pruned) may still be RUNNING in the snapshot, and ``--resume`` starts it
+again from its pruned checkpoint. Each pruned checkpoint therefore holds ``pruned.json`` (written
+before anything is deleted) with the trial's end status and last result; the trainable reads it
+(:func:`read_marker`) and ends the trial the way it ended, instead of failing on the missing
+``train_state.pt``.
+
+**Hooks** (Ray 2.60, ``tune/execution/tune_controller.py``, ``_process_trial_failure`` and
+``stop_trial``): ``on_trial_error`` fires only when the trial will not be retried
+(``trial.should_recover()`` is false); a failure that is retried fires ``on_trial_recover`` and the
+checkpoint stays whole. ``on_trial_complete`` fires for a trial that finished and for one a
+scheduler or stopper ended. Trial statuses at ``on_experiment_end`` cannot be trusted: when a study
+is interrupted (time budget, SIGINT, an exception) Tune snapshots its running trials as RUNNING
+(resumable) and only then marks them TERMINATED in memory (``tune.py``: ``runner.checkpoint`` then
+``runner.cleanup``). So ``on_experiment_end`` removes local scratch only (never needed once the
+trial processes are gone), and a study cut by ``budget.time_budget_s`` keeps the full checkpoints of
+the trials it interrupted: ``--resume`` continues them.
+
+**Filesystems.** Storage is reached through the trial's own pyarrow filesystem (the one Tune
+persisted the checkpoints with), so local, NFS and bucket (``s3://``, ``gs://``) storage paths work
+alike. Scratch removal is local to a node by nature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+logger = logging.getLogger(__name__)
+
+MARKER = "pruned.json"
+TRAIN_SCRATCH = "train"  # fit()'s train.output_dir inside the trial's working folder
+RESUME_SCRATCH = "resume_checkpoint"  # local copy of the checkpoint a retried/resumed trial starts from
+FALLBACK_ROOT = "memseg-trials"  # under the temp dir when RAY_CHDIR_TO_TRIAL_DIR=0
+
+
+def prunable_files() -> tuple[str, ...]:
+    """Files of a checkpoint directory that only a resumed trial reads (lazy: keeps torch out of the driver)."""
+    from memseg.training.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
+
+    return (MODEL_FILE, TRAIN_STATE_FILE)
+
+
+# --- local scratch ---------------------------------------------------------------------------------
+
+
+def fallback_work_dir(trial_id: str) -> Path:
+    """The trial's scratch folder when Ray does not move the trial into a working folder of its own."""
+    return Path(tempfile.gettempdir()).resolve() / FALLBACK_ROOT / trial_id
+
+
+def remove_scratch(work: Path) -> int:
+    """Delete what a trial wrote into its local folder ``work``; returns the bytes freed.
+
+    Only the folders the trainable creates are removed; ``work`` itself goes too when it is the
+    trainable's own fallback folder (a Ray working folder belongs to Ray).
+    """
+    work = Path(work)
+    freed = 0
+    for name in (TRAIN_SCRATCH, RESUME_SCRATCH):
+        folder = work / name
+        if folder.is_dir():
+            freed += _tree_size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    if work.parent.name == FALLBACK_ROOT:
+        try:
+            work.rmdir()
+        except OSError:
+            pass  # not empty or already gone
+    return freed
+
+
+def _tree_size(folder: Path) -> int:
+    """Bytes of the distinct files under ``folder`` (the loop hard-links best_model.pt)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def driver_scratch_dirs(trial: Any) -> list[Path]:
+    """Where ``trial`` kept its scratch if it ran on this (the driver's) node."""
+    out = [fallback_work_dir(trial.trial_id)]
+    try:
+        out.append(Path(trial.storage.trial_working_directory))
+    except Exception:  # noqa: BLE001 - no storage context (never started): nothing was written
+        pass
+    return out
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+
+def _exists(fs: Any, path: str) -> bool:
+    import pyarrow.fs
+
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def checkpoint_dirs(fs: Any, trial_fs_path: str) -> list[str]:
+    """The ``checkpoint_NNNNNN`` folders of a trial's storage folder, oldest first."""
+    import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_fs_path, allow_not_found=True))
+    return sorted(
+        i.path for i in infos
+        if i.type == pyarrow.fs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+    )
+
+
+def prune_checkpoint(fs: Any, path: str, record: Mapping[str, Any]) -> int:
+    """Delete ``model.pt`` and ``train_state.pt`` of one persisted checkpoint; returns the bytes freed.
+
+    ``record`` (the trial's end status and last result) goes to ``pruned.json`` first, so a
+    checkpoint with files missing is always recognisable as pruned. A checkpoint without either
+    file is left alone (already pruned, or not a memseg checkpoint).
+
+    Args:
+        fs: a ``pyarrow.fs.FileSystem``.
+        path: the checkpoint folder on ``fs``.
+        record: JSON-able; ``{"status": "TERMINATED" | "ERROR", "trial_id": ..., "result": {...}}``.
+    """
+    import pyarrow.fs
+
+    path = path.rstrip("/")
+    infos = fs.get_file_info([f"{path}/{name}" for name in prunable_files()])
+    present = [i for i in infos if i.type == pyarrow.fs.FileType.File]
+    if not present:
+        return 0
+    with fs.open_output_stream(f"{path}/{MARKER}") as out:
+        out.write(json.dumps(dict(record), indent=2, default=str).encode())
+    for info in present:
+        fs.delete_file(info.path)
+    return sum(i.size or 0 for i in present)
+
+
+def read_marker(fs: Any, checkpoint_path: str) -> dict[str, Any] | None:
+    """The ``pruned.json`` record of a checkpoint, or None when the checkpoint is whole."""
+    path = f"{checkpoint_path.rstrip('/')}/{MARKER}"
+    if not _exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as f:
+        return dict(json.loads(f.read().decode()))
+
+
+def final_result(result: Mapping[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the trial itself reported last: numbers (plus ``keep`` keys), without Tune's bookkeeping."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in keep:
+            out[key] = value
+        elif key not in AUTO_RESULT_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def end_record(trial: Any, status: str) -> dict[str, Any]:
+    """The ``pruned.json`` content of an ended trial."""
+    from sweeps.tune_callback import NODE_KEY
+
+    record: dict[str, Any] = {
+        "status": status,
+        "trial_id": trial.trial_id,
+        "result": final_result(trial.last_result or {}, keep=(NODE_KEY,)),
+    }
+    if status == "ERROR":
+        record["error"] = _last_error_line(trial)
+    return record
+
+
+def _last_error_line(trial: Any) -> str:
+    """The last line of the trial's latest traceback (``error.txt`` on the driver, written before the hook)."""
+    text = ""
+    local = getattr(trial, "error_file", None)  # trial.get_error() reads storage, which syncs later
+    if local and os.path.isfile(local):
+        with open(local, errors="replace") as f:
+            text = f.read()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip()[:1000] if lines else "error"
+
+
+def prune_trial(trial: Any, status: str) -> int:
+    """Prune every persisted checkpoint of an ended trial and drop its scratch on this node; returns bytes freed."""
+    fs = trial.storage.storage_filesystem
+    record = end_record(trial, status)
+    freed = sum(prune_checkpoint(fs, path, record) for path in checkpoint_dirs(fs, trial.storage.trial_fs_path))
+    for work in driver_scratch_dirs(trial):
+        freed += remove_scratch(work)
+    return freed
+
+
+class PruneFinishedTrials(Callback):
+    """Slims the checkpoints of every trial that ended for good (see the module docstring).
+
+    Holds no state, so it pickles into Tune's experiment state and comes back on ``Tuner.restore``.
+    A failure to prune is logged and never stops the study.
+    """
+
+    def _prune(self, trial: Any, status: str) -> None:
+        try:
+            freed = prune_trial(trial, status)
+        except Exception as exc:  # noqa: BLE001 - disk hygiene must not end a study
+            logger.warning("trial %s: checkpoints not pruned (%s: %s)", trial.trial_id, type(exc).__name__, exc)
+            return
+        if freed:
+            logger.debug("trial %s (%s): %.1f MB of checkpoints/scratch freed", trial.trial_id, status, freed / 2**20)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._prune(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Only after the last retry: a retried failure fires on_trial_recover instead.
+        self._prune(trial, "ERROR")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Scratch only: an interrupted trial shows TERMINATED here but is RUNNING in the snapshot.
+        freed = 0
+        for trial in trials:
+            for work in driver_scratch_dirs(trial):
+                try:
+                    freed += remove_scratch(work)
+                except OSError as exc:
+                    logger.warning("trial %s: could not remove %s (%s)", trial.trial_id, work, exc)
+        if freed:
+            logger.debug("freed %.1f MB of trial scratch at the end of the study", freed / 2**20)
