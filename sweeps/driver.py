@@ -27,6 +27,8 @@ imports mlflow.
 
 Layout on storage: ``<storage.path>/<sweep_id>/sweep.yaml`` (the spec that ran) and
 ``<storage.path>/<sweep_id>/<category>/`` (one Tune experiment per category).
+Once a trial has ended for good its checkpoints keep only ``best_model.pt`` and the heat maps
+(``storage.prune_finished``, :mod:`sweeps.storage_pruning`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from sweeps.dataset import dataset_fingerprint, memory_pool_limit
 from sweeps.search_space import CategorySpace, load_space
 from sweeps.spec import SweepSpec, validate_spec
 from sweeps.status import Outcome, SweepStatus, classify
+from sweeps.storage_pruning import PruneFinishedTrials
 from sweeps.trainable import make_trainable, trial_config
 
 logger = logging.getLogger(__name__)
@@ -377,10 +380,15 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
             storage_path=plan.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
-            callbacks=[*callbacks, StudyStartedCallback(_start_key(plan))],
+            callbacks=[*callbacks, StudyStartedCallback(_start_key(plan)), *_storage_callbacks(spec)],
             verbose=0,
         ),
     )
+
+
+def _storage_callbacks(spec: SweepSpec) -> list[Any]:
+    """Disk hygiene (checkpoints of ended trials pruned); restored with the study, like every callback."""
+    return [PruneFinishedTrials()] if spec.storage.prune_finished else []
 
 
 def _with_resources(plan: CategoryPlan, spec: SweepSpec) -> Any:

@@ -120,6 +120,12 @@ class StorageSettings(_Strict):
     snapshot_interval_s: float | None = Field(
         None, gt=0.0, description="Experiment-state snapshot period (TUNE_GLOBAL_CHECKPOINT_S); None = Tune's auto."
     )
+    prune_finished: bool = Field(
+        True,
+        description="Once a trial has ended for good (finished, stopped by ASHA, failed after its last retry), "
+        "delete model.pt and train_state.pt from its checkpoints on storage, keeping best_model.pt and the "
+        "heat maps (sweeps/storage_pruning.py); false keeps every checkpoint whole.",
+    )
 
 
 class ClusterSettings(_Strict):
