@@ -152,7 +152,12 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
         expected = {k: "None" if v is None else str(v) for k, v in best_cfg.flatten().items()}
         expected.pop("train.output_dir")
         assert expected == mine[best].data.params
+        for tid in trials:  # storage.prune_finished: an ended trial keeps best_model.pt, not model.pt
+            kept = {p.name for p in (storage / sweep_id / category).glob(f"*_{tid}/checkpoint_*/*")}
+            assert "best_model.pt" in kept and not kept & {"model.pt", "train_state.pt"}, (tid, kept)
     assert len(nodes) == 2, "trials ran on both nodes of the cluster"
+    working = glob.glob(f"{ray_cluster.temp_dir}/**/working_dirs/memseg_*", recursive=True)  # trials' local folders
+    assert working and not [w for w in working if Path(w, "train").exists()], "local training output left behind"
     assert "MLflow: http://" in out.stdout
 
 
