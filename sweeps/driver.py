@@ -33,6 +33,7 @@ Once a trial has ended for good its checkpoints keep only ``best_model.pt`` and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -270,7 +271,11 @@ def connect_ray(env_vars: Mapping[str, str] | None = None, local_num_cpus: int |
     import ray
 
     if not ray.is_initialized():
-        runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
+        # Inside `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses
+        # to merge an init runtime_env that sets the same variables again: pass only what it lacks.
+        job_env = _job_runtime_env_vars()
+        missing = {k: v for k, v in (env_vars or {}).items() if k not in job_env}
+        runtime_env = {"env_vars": missing} if missing else None
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
@@ -280,6 +285,18 @@ def connect_ray(env_vars: Mapping[str, str] | None = None, local_num_cpus: int |
                 log_to_driver=False, logging_level=logging.WARNING,
             )
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def _job_runtime_env_vars() -> dict[str, str]:
+    """Environment variables the enclosing Ray job's runtime_env sets (empty outside a Ray job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return dict(runtime_env.get("env_vars") or {})
 
 
 def cluster_resources() -> dict[str, float]:

@@ -178,12 +178,6 @@ def test_smoke_sweep_through_ray_job_submit(
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout + submit.stderr
     status, logs = _wait_for_job(jobs_address, submit_env, job_id)
-    if status == "FAILED" and "Failed to merge the Job's runtime env" in logs:
-        pytest.xfail(
-            "sweeps.driver.connect_ray passes the MLflow variables to ray.init(runtime_env=...) although "
-            "the job's runtime_env already sets them: Ray refuses the conflict, so `ray job submit "
-            "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": ...}}'` fails (issue Infra, item 6)"
-        )
     assert status == "SUCCEEDED", f"{status}\n--- job logs ---\n{logs[-8000:]}"
 
     # Tune wrote its experiment to the shared path (the trials ran on the worker nodes).
