@@ -202,10 +202,10 @@ class BenchSettings:
 # Every figure the bench produces: name -> (unit, what it is). Figures that do not apply to a run
 # (GPU memory on the CPU) are reported as skipped with the reason, never left out.
 FIGURES: dict[str, tuple[str, str]] = {
-    "synthesis.texture_samples_per_s": ("samples/s", "synthetic samples, texture source (per process)"),
-    "synthesis.structural_samples_per_s": ("samples/s", "synthetic samples, structural source (per process)"),
-    "synthesis.anomalous_samples_per_s": ("samples/s", "synthetic samples, config's source mix (per process)"),
-    "synthesis.normal_samples_per_s": ("samples/s", "normal samples (per process)"),
+    "synthesis.texture_samples_per_s": ("samples/s", "synthetic samples, texture source (one worker process)"),
+    "synthesis.structural_samples_per_s": ("samples/s", "synthetic samples, structural source (one worker process)"),
+    "synthesis.anomalous_samples_per_s": ("samples/s", "synthetic samples, config's source mix (one worker process)"),
+    "synthesis.normal_samples_per_s": ("samples/s", "normal samples (one worker process)"),
     "synthesis.perlin_masks_per_s": ("masks/s", "Perlin masks"),
     "loader.workers_0.samples_per_s": ("samples/s", "DataLoader, 0 workers"),
     "loader.workers_1.samples_per_s": ("samples/s", "DataLoader, 1 worker"),
@@ -500,6 +500,24 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def worker_threads() -> Iterator[None]:
+    """One torch and one OpenCV thread, as a DataLoader worker runs (``seeding.worker_init_fn``).
+
+    "Per process" synthesis figures are what one worker delivers; intra-op threads would also make
+    them collapse on a loaded machine (every parallel region waits for a descheduled thread).
+    """
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with torch_threads(1):
+            yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def bench_config(settings: BenchSettings, data_root: str | Path, **overrides: Any) -> Any:
     """The resolved training config the bench uses: the authors' defaults at ``size`` on the bench data."""
     from memseg.config import MemSegConfig, resolve_for_category
@@ -567,7 +585,15 @@ def build_model(cfg: Any, data: BenchData, device: torch.device) -> Any:
 
 
 def bench_synthesis(settings: BenchSettings, data: BenchData, report: BenchReport) -> None:
-    """Synthetic (texture, structural, mixed) and normal samples per second, Perlin masks per second."""
+    """Synthetic (texture, structural, mixed) and normal samples per second, Perlin masks per second.
+
+    Measured single-threaded, as one DataLoader worker process runs (:func:`worker_threads`).
+    """
+    with worker_threads():
+        _bench_synthesis(settings, data, report)
+
+
+def _bench_synthesis(settings: BenchSettings, data: BenchData, report: BenchReport) -> None:
     from memseg.data.datasets import ItemKey, TrainDataset
     from memseg.synthesis import perlin_mask
 
@@ -860,8 +886,31 @@ def run_bench(
                 started = time.perf_counter()
                 SECTIONS[name](settings, data, report)
                 report.details.setdefault("section_wall_s", {})[name] = time.perf_counter() - started
+        _derive_worker_rate(settings, report)
         report.machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
+
+
+def _derive_worker_rate(settings: BenchSettings, report: BenchReport) -> None:
+    """What one worker delivers for the training batch mix, from the single-process synthesis figures.
+
+    A batch of B has ``synthetic_count`` synthetic and the rest normal samples, so a worker spends
+    ``k / anomalous + (B - k) / normal`` seconds per batch. Unlike the DataLoader figures this does
+    not depend on how many cores the main process leaves to the workers.
+    """
+    from memseg.config import SynthesisConfig
+    from memseg.data.datasets import synthetic_count
+
+    anomalous = report.median("synthesis.anomalous_samples_per_s")
+    normal = report.median("synthesis.normal_samples_per_s")
+    if not anomalous or not normal:
+        return
+    b = settings.batch_size
+    k = synthetic_count(b, SynthesisConfig().synthetic_ratio)
+    per_worker = b / (k / anomalous + (b - k) / normal)
+    needed = LOADER_MARGIN * b / GPU_TARGET_STEP_S
+    report.derived["worker_batch_mix_samples_per_s"] = per_worker
+    report.derived["workers_needed_for_gpu_target_from_synthesis"] = math.ceil(needed / per_worker)
 
 
 def merge_figures(report: BenchReport, figures: Mapping[str, dict[str, Any]]) -> None:

@@ -1,0 +1,133 @@
+"""``memseg bench``: measure synthesis, data loading, training, inference and sweep overhead on this machine.
+
+The handler parses flags and merges two measurements: :func:`memseg.bench.run_bench` (pure memseg)
+and :func:`sweeps.bench_overhead.measure_sweep_overhead` (a tiny local Ray sweep, tracked in a
+throw-away SQLite MLflow store like ``memseg sweep`` without a tracking server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HELP = "measure throughput and latency of synthesis, data loading, training, inference and sweeps"
+DESCRIPTION = """\
+Measure the pipeline on this machine. Each figure is the median of repeated runs after a warm-up,
+with min and max. The data is a generated MVTec-layout category written to a temporary folder
+(images of --source-size px, decoded once and resized to --size), and the backbone is randomly
+initialised by default (--weights none), so nothing is downloaded.
+
+Figures: synthetic samples/s per process (texture and structural sources, the config's mix),
+normal samples/s, Perlin masks/s; DataLoader samples/s with 0, 1 and N workers; seconds per
+training step at batch 8 (4 normal + 4 synthetic), images/s, peak host memory (and peak GPU
+memory on CUDA); inference images/s at batch 1 and 8 and batch-1 latency p50/p95 with the memory
+comparison; memory-bank build time for N = 30; and the share of a smoke-sweep trial's wall time
+spent outside training steps.
+"""
+EPILOG = """\
+examples:
+  memseg bench                                       # CPU, 256 px, full run, table on stdout
+  memseg bench --quick --size 64 --json out.json     # CI smoke run
+  memseg bench --device cuda --json bench_cuda.json  # on a GPU node
+  memseg bench --threads 1 --clock cpu --skip-sweep  # compare commits on a busy shared machine
+
+On a machine shared with other jobs, wall-clock figures swing with the load; --threads 1
+--clock cpu times one thread's CPU time instead, which approximates an idle core (the DataLoader
+figures stay in wall time). The JSON records the machine (CPU model, cores, torch, device, git
+commit, load average) so runs can be compared across machines and commits.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N) (default: cpu)")
+    p.add_argument("--size", type=int, default=256, help="training/inference image size in px (default: 256)")
+    p.add_argument("--source-size", type=int, default=384, help="size of the image files decoded once (default: 384)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs (CI)")
+    p.add_argument("--repeats", type=int, metavar="N", help="timed runs per figure (default: 5; --quick: 3)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs before them (default: 1)")
+    p.add_argument("--weights", default="none", help="model.backbone_weights: none (default), imagenet or a file")
+    p.add_argument("--category", default="bottle", help="generated category (its foreground rule applies)")
+    p.add_argument("--workers", type=int, metavar="N", help="N of the N-worker DataLoader (default: usable CPUs)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time (default) or CPU time")
+    p.add_argument("--dtd-root", metavar="DIR", help="DTD root for texture sources (default: procedural)")
+    p.add_argument(
+        "--sections", nargs="+", metavar="NAME", default=["synthesis", "loader", "training", "inference"],
+        help="any of synthesis loader training inference (default: all)",
+    )
+    p.add_argument("--skip-sweep", action="store_true", help="do not measure the sweep overhead (no Ray)")
+    p.add_argument("--sweep-trials", type=int, default=2, metavar="N", help="trials of the overhead sweep (default: 2)")
+    p.add_argument("--sweep-steps", type=int, default=8, metavar="N", help="steps per overhead trial (default: 8)")
+    p.add_argument("--sweep-size", type=int, default=64, metavar="PX", help="image size of the overhead sweep (default: 64)")
+    p.add_argument("--no-mlflow", action="store_true", help="leave MLflow tracking out of the overhead sweep")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from memseg.bench import BenchSettings, format_table, run_bench
+
+    settings = BenchSettings(
+        device=args.device, size=args.size, source_size=args.source_size, quick=args.quick, repeats=args.repeats,
+        warmup=args.warmup, weights=args.weights, category=args.category, workers=args.workers,
+        threads=args.threads, dtd_root=args.dtd_root, clock=args.clock,
+    )
+    status = 0
+
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    report = run_bench(settings, sections=args.sections, log=log)
+    if args.skip_sweep:
+        report.skip("sweep.overhead_share", "--skip-sweep")
+    else:
+        try:
+            overhead = _sweep_overhead(args, log)
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON and the exit status, the rest is kept
+            log(f"sweep overhead failed: {type(exc).__name__}: {exc}")
+            report.skip("sweep.overhead_share", f"failed: {type(exc).__name__}: {exc}")
+            status = 1
+        else:
+            report.figures["sweep.overhead_share"] = overhead.figure()
+            report.details["sweep_overhead"] = overhead.details()
+            shares = overhead.trials
+            report.derived["sweep_step_share_per_trial"] = ", ".join(f"{1 - t.overhead_share:.1%}" for t in shares)
+    print(format_table(report))
+    if args.json:
+        path = report.write_json(args.json)
+        print(f"\nJSON: {path}")
+    return status
+
+
+def _sweep_overhead(args: argparse.Namespace, log: Any) -> Any:
+    """Run the overhead sweep (with driver-side MLflow tracking unless --no-mlflow) in a temporary folder."""
+    from sweeps.bench_overhead import measure_sweep_overhead
+
+    with tempfile.TemporaryDirectory(prefix="memseg-bench-sweep-") as tmp:
+        tracking = None if args.no_mlflow else _mlflow_tracking(Path(tmp) / "mlflow")
+        return measure_sweep_overhead(
+            tmp, trials=args.sweep_trials, steps=args.sweep_steps, size=args.sweep_size,
+            step_repeats=2 if args.quick else 3, tracking=tracking, log=log,
+        )
+
+
+def _mlflow_tracking(folder: Path) -> Any:
+    """``tracking(sweep_id, plans) -> (callbacks_for, close)`` with a SQLite store in ``folder``."""
+
+    def tracking(sweep_id: str, plans: list[Any]) -> tuple[Any, Any]:
+        from pipelines import tracking as mlt
+
+        uri = mlt.local_store_uri(folder)
+        tracker = mlt.SweepTracking(uri, sweep_id, spec_name="bench-overhead",
+                                    artifact_location=(folder / "artifacts").as_uri())
+        callbacks = {p.category: [tracker.callback(p)] for p in plans}
+        return (lambda plan: callbacks[plan.category]), (lambda result: mlt.close_sweep(tracker, plans,
+                                                                                        result.categories))
+
+    return tracking

@@ -1,0 +1,292 @@
+"""Sweep overhead for ``memseg bench``: the share of a trial's wall time not spent in training steps (issue #6).
+
+A tiny sweep runs for real with this package (:func:`sweeps.driver.plan_sweep` /
+:func:`sweeps.driver.run_sweep`, the smoke spec shrunk to one category and ``trials`` FIFO trials
+run one after another) on a fresh local Ray instance. A driver-side Tune callback records when each
+trial starts and completes and the trainable's own clock (``time_total_s``). Afterwards the seconds
+per training step of each trial's configuration are measured in this process
+(:func:`memseg.bench.measure_training_step`, one thread as a 1-CPU trial has), so
+
+    in_step_i   = steps_i x step_s_i
+    cost_i      = trial_wall_i + fixed / n     (fixed = sweep wall - sum of trial walls: Ray start-up,
+                                                Tuner/searcher set-up, scheduling gaps, shutdown)
+    overhead_i  = 1 - in_step_i / cost_i
+
+and the figure ``sweep.overhead_share`` is the median (min, max) of ``overhead_i`` over the trials.
+The breakdown per trial separates the trial process's start and teardown (``trial_wall -
+time_total_s``) from the work inside the trainable that is not a step (data split, validation set,
+model and memory build, validations, checkpoints, ``tune.report``). Driver-side tracking (MLflow)
+is injected by the caller through ``tracking``, as in ``memseg sweep``; this module never imports
+mlflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+logger = logging.getLogger(__name__)
+
+# Driver-side timelines, keyed by a bench id: Tune may copy (pickle) its callbacks, so the callback
+# holds only the key and writes here.
+_TIMELINES: dict[str, dict[str, dict[str, float]]] = {}
+_LOCK = threading.Lock()
+
+# (callbacks_for, close): what a tracking layer hands the bench for a planned sweep.
+TrackingHooks = tuple[Callable[[Any], Sequence[Any]], Callable[[Any], None]]
+
+
+class TrialTimer(Callback):
+    """Records, per trial, the driver's clock at start and completion and the trainable's ``time_total_s``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def _record(self, trial: Any, **values: float) -> None:
+        with _LOCK:
+            _TIMELINES.setdefault(self.key, {}).setdefault(str(trial.trial_id), {}).update(values)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, start=time.monotonic())
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        values = {"last_result": time.monotonic()}
+        if isinstance(result.get("time_total_s"), int | float):
+            values["time_total_s"] = float(result["time_total_s"])
+        self._record(trial, **values)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, end=time.monotonic())
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, end=time.monotonic(), error=1.0)
+
+
+@dataclass
+class TrialOverhead:
+    """One trial's time, split into training steps and everything else (seconds)."""
+
+    trial_id: str
+    steps: int
+    step_s: float
+    in_step_s: float
+    trial_wall_s: float
+    trainable_s: float
+    fixed_share_s: float
+
+    @property
+    def cost_s(self) -> float:
+        return self.trial_wall_s + self.fixed_share_s
+
+    @property
+    def overhead_share(self) -> float:
+        return 1.0 - self.in_step_s / self.cost_s if self.cost_s > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "steps": self.steps,
+            "step_s": self.step_s,
+            "in_step_s": self.in_step_s,
+            "trial_wall_s": self.trial_wall_s,
+            "trainable_s": self.trainable_s,
+            "trainable_non_step_s": max(0.0, self.trainable_s - self.in_step_s),
+            "process_start_and_teardown_s": max(0.0, self.trial_wall_s - self.trainable_s),
+            "ray_and_driver_share_s": self.fixed_share_s,
+            "overhead_share": self.overhead_share,
+        }
+
+
+@dataclass
+class SweepOverhead:
+    """What :func:`measure_sweep_overhead` found."""
+
+    sweep_wall_s: float
+    ray_start_s: float
+    ray_shutdown_s: float
+    trials: list[TrialOverhead] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self) -> dict[str, Any]:
+        """``sweep.overhead_share`` in the bench's figure layout (median/min/max over the trials)."""
+        shares = [t.overhead_share for t in self.trials]
+        return {
+            "median": statistics.median(shares),
+            "min": min(shares),
+            "max": max(shares),
+            "unit": "share",
+            "runs": len(shares),
+        }
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "sweep_wall_s": self.sweep_wall_s,
+            "ray_start_s": self.ray_start_s,
+            "ray_shutdown_s": self.ray_shutdown_s,
+            "settings": self.settings,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+def overhead_spec(workdir: Path, *, trials: int, steps: int, size: int, category: str) -> Any:
+    """The smoke sweep spec shrunk to one category and ``trials`` sequential FIFO trials of ``steps`` steps."""
+    from sweeps.spec import load_sweep_spec
+
+    return load_sweep_spec("smoke").with_changes(
+        {
+            "name": "bench-overhead",
+            "categories": [category],
+            "data.root": str(workdir / "data"),
+            "data.generate.size": size,
+            "base.data.image_size": size,
+            "base.train.steps": steps,
+            "base.train.eval_interval": max(1, steps // 2),
+            "base.train.log_interval": max(1, steps // 2),
+            "search.num_samples": trials,
+            "search.max_concurrent": 1,
+            "search.n_startup_trials": 1,
+            # FIFO: every trial runs its whole budget, so the step count per trial is known.
+            "scheduler.kind": "fifo",
+            "resources.cpu": 1,
+            "resources.gpu": 0,
+            "storage.path": str(workdir / "storage"),
+        }
+    )
+
+
+def measure_sweep_overhead(
+    workdir: str | Path,
+    *,
+    trials: int = 2,
+    steps: int = 8,
+    size: int = 64,
+    category: str = "carpet",
+    num_cpus: int | None = None,
+    step_repeats: int = 3,
+    tracking: Callable[[str, list[Any]], TrackingHooks] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SweepOverhead:
+    """Run a tiny local sweep and split each trial's wall time into training steps and overhead.
+
+    Args:
+        workdir: where the generated data, Tune storage and any tracking store go.
+        trials: trials (run one after another).
+        steps: training steps per trial.
+        size: image size of the sweep (the smoke spec's 64 px by default).
+        category: generated category the sweep runs on.
+        num_cpus: CPUs of the local Ray instance (None: all).
+        step_repeats: timed steps when measuring a trial configuration's step time.
+        tracking: ``tracking(sweep_id, plans) -> (callbacks_for, close)``: driver-side trackers to
+            include in the measurement (``memseg bench`` passes MLflow tracking here).
+        log: progress lines.
+
+    Raises:
+        RuntimeError: when Ray is already initialised in this process (the start-up would not be
+            measured) or a trial did not finish.
+    """
+    import ray
+
+    from memseg.bench import BenchData, measure_training_step, torch_threads
+    from memseg.data.datasets import category_splits
+    from sweeps import driver
+    from sweeps.dataset import ensure_dataset
+    from sweeps.trainable import trial_config
+
+    log = log or (lambda _line: None)
+    if ray.is_initialized():
+        msg = "measure_sweep_overhead: Ray is already initialised in this process; run it in a fresh process"
+        raise RuntimeError(msg)
+    workdir = Path(workdir).resolve()
+    spec = overhead_spec(workdir, trials=trials, steps=steps, size=size, category=category)
+    g = spec.data.generate
+    ensure_dataset(Path(spec.data.root), spec.categories, size=g.size, n_train=g.n_train, n_test_good=g.n_test_good,
+                   n_test_defect=g.n_test_defect, seed=g.seed)
+    key = uuid.uuid4().hex
+    sweep_id = f"bench-{key[:8]}"
+    snapshot = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+
+    log(f"sweep overhead: {trials} trial(s) x {steps} steps at {size} px on a local Ray instance")
+    started = time.monotonic()
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        ray_start = time.monotonic() - started
+        plans = driver.plan_sweep(spec, sweep_id, spec.categories)
+        hooks = tracking(sweep_id, plans) if tracking is not None else None
+
+        def callbacks_for(plan: Any) -> list[Any]:
+            extra = list(hooks[0](plan)) if hooks is not None else []
+            return [*extra, TrialTimer(key)]
+
+        result = driver.run_sweep(spec, plans, callbacks_for=callbacks_for)
+        if hooks is not None:
+            hooks[1](result)
+    finally:
+        stopping = time.monotonic()
+        if ray.is_initialized():
+            ray.shutdown()
+        ray_shutdown = time.monotonic() - stopping
+        sweep_wall = time.monotonic() - started
+        # run_sweep sets the snapshot period for the whole process; leave it as it was.
+        if snapshot is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+        else:
+            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot
+    with _LOCK:
+        timeline = _TIMELINES.pop(key, {})
+
+    category_result = result.categories[category]
+    if category_result.error:
+        msg = f"sweep overhead: the {category} study failed: {category_result.error}"
+        raise RuntimeError(msg)
+    done = [t for t in category_result.trials if t.step]
+    if not done:
+        msg = f"sweep overhead: no trial reported a step ({[t.error for t in category_result.trials]})"
+        raise RuntimeError(msg)
+
+    walls = {tid: v["end"] - v["start"] for tid, v in timeline.items() if "start" in v and "end" in v}
+    fixed = max(0.0, sweep_wall - sum(walls.values()))
+    log("sweep overhead: timing the trials' training steps in this process (1 thread)")
+    out = SweepOverhead(sweep_wall, ray_start, ray_shutdown, settings={
+        "trials": trials, "steps": steps, "size": size, "category": category, "sweep_id": sweep_id,
+        "batch_size": plans[0].base_config.train.batch_size, "tracking": tracking is not None,
+    })
+    step_cache: dict[str, float] = {}
+    for t in done:
+        if t.trial_id not in walls:
+            continue
+        cfg = trial_config(plans[0].base_config, t.params)
+        cfg_key = cfg.model_dump_json()
+        if cfg_key not in step_cache:
+            _, splits = category_splits(cfg)
+            data = BenchData(Path(cfg.data.root), splits.memory, splits.train)
+            with torch_threads(1):
+                stats, _ = measure_training_step(cfg, data, repeats=step_repeats, warmup=1)
+            step_cache[cfg_key] = stats.median
+        step_s = step_cache[cfg_key]
+        n_steps = int(t.step or 0)
+        out.trials.append(
+            TrialOverhead(
+                trial_id=t.trial_id,
+                steps=n_steps,
+                step_s=step_s,
+                in_step_s=n_steps * step_s,
+                trial_wall_s=walls[t.trial_id],
+                trainable_s=float(timeline[t.trial_id].get("time_total_s", walls[t.trial_id])),
+                fixed_share_s=fixed / max(1, len(walls)),
+            )
+        )
+    if not out.trials:
+        msg = "sweep overhead: no trial has both a start and an end time"
+        raise RuntimeError(msg)
+    return out
