@@ -14,7 +14,6 @@ reads ``model.pt``/``best_model.pt`` through :func:`load_model_file`.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -180,7 +179,3 @@ def recover_checkpoint_dir(target: str | Path) -> Path | None:
         return target
     old = target.parent / f".{target.name}.old"
     return old if old.is_dir() else None
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
