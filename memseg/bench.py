@@ -390,6 +390,10 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
+_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "MEMSEG_NUM_THREADS",
+               "OPENCV_FOR_THREADS_NUM", "CUDA_VISIBLE_DEVICES")
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What a figure depends on besides the code: CPU, cores, library versions, device, commit, load."""
     import cv2
@@ -407,6 +411,8 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "device": device,
         "device_name": cpu_model(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # Thread settings change the figures a lot on a shared machine (docs/performance.md).
+        "env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
