@@ -68,18 +68,10 @@ def policy_from_args(args: argparse.Namespace):  # noqa: ANN201 - PromotionPolic
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipelines.commands.sweep import _parse_sets
+    from pipelines.commands.sweep import spec_from_args
     from pipelines.flow import run_pipeline
-    from sweeps.spec import load_sweep_spec
 
-    changes = _parse_sets(args.overrides)
-    if args.data_root:
-        changes["data.root"] = args.data_root
-    if args.storage:
-        changes["storage.path"] = args.storage
-    spec = load_sweep_spec(args.config)
-    if changes:
-        spec = spec.with_changes(changes)
+    spec, _ = spec_from_args(args)
     result = run_pipeline(
         spec, categories=args.categories, sweep_id=args.sweep_id, new=args.new, tracking_uri=args.tracking_uri,
         policy=policy_from_args(args), report_dir=args.report_dir, device=args.device,

@@ -12,9 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
+
+if TYPE_CHECKING:
+    from sweeps.spec import SweepSpec
 
 HELP = "hyperparameter sweep: one Optuna study + ASHA per category on Ray Tune, tracked in MLflow"
 EPILOG = """\
@@ -44,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
+def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep spec of ``--config`` with ``--set``, ``--data-root`` and ``--storage`` applied (also for `pipeline run`)."""
     from sweeps.spec import load_sweep_spec
 
     changes = _parse_sets(args.overrides)
@@ -55,6 +59,11 @@ def handle(args: argparse.Namespace) -> int:
     spec = load_sweep_spec(args.config)
     if changes:
         spec = spec.with_changes(changes)
+    return spec, changes
+
+
+def handle(args: argparse.Namespace) -> int:
+    spec, changes = spec_from_args(args)
     return run_tracked_sweep(
         spec, categories=args.categories, resume=args.resume, sweep_id=args.sweep_id, changes=changes
     )
