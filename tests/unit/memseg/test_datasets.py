@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.data import datasets as ds
@@ -136,7 +135,8 @@ def test_worker_seeding_differs_per_worker_and_repeats_per_seed(cfg: MemSegConfi
     # Two batches asking for the very same synthetic item: with two workers, batch 0 is made by
     # worker 0 and batch 1 by worker 1, each from a fresh worker_rng(seed, worker_id, epoch).
     same = [[ItemKey(0, True, 0), ItemKey(1, True, 0)]] * 2
-    loader = DataLoader(dataset, batch_sampler=same, num_workers=2)
+    # The fork-safe loader of create_train_loader (OpenCV's pool stopped around the fork).
+    loader = ds._ForkSafeLoader(dataset, batch_sampler=same, num_workers=2)
     (img_w0, mask_w0), (img_w1, mask_w1) = list(loader)
     assert not torch.equal(mask_w0[0], mask_w1[0])
     assert not torch.equal(img_w0[0], img_w1[0])
@@ -151,7 +151,7 @@ def test_worker_seeding_differs_per_worker_and_repeats_per_seed(cfg: MemSegConfi
     assert torch.equal(mask_w1[0], torch.from_numpy(expected_mask1))
 
     # The same seed repeats; another seed does not.
-    again = list(DataLoader(TrainDataset(splits.train, cfg), batch_sampler=same, num_workers=2))
+    again = list(ds._ForkSafeLoader(TrainDataset(splits.train, cfg), batch_sampler=same, num_workers=2))
     assert torch.equal(again[0][1], mask_w0) and torch.equal(again[1][1], mask_w1)
     reseeded = TrainDataset(splits.train, cfg.with_overrides({"train.seed": 8}))
     assert not torch.equal(_synthetic_item(reseeded)[1], mask_w0[0])
