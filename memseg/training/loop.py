@@ -286,7 +286,9 @@ def fit(
 
     # --- model, memory, optimiser ------------------------------------------------------------------
     seed_everything(cfg.train.seed)
-    model = create_model(cfg).to(device)
+    # A resumed run gets every weight (backbone and memory included) from its checkpoint: no need
+    # to download or read the backbone weights again.
+    model = create_model(cfg, load_backbone_weights=source is None).to(device)
     with torch.no_grad():
         model.build_memory(load_memory_images(splits.memory, cfg.data.image_size).to(device))
     channels_last = device.type == "cuda" and cfg.train.channels_last
