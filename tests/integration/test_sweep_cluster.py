@@ -71,7 +71,9 @@ def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) 
 
 def _tune_trials(storage: Path, sweep_id: str, category: str) -> dict[str, str]:
     """Trial id -> status, from the category's latest Tune experiment state on storage."""
-    files = sorted(glob.glob(str(storage / sweep_id / category / "experiment_state-*.json")), key=os.path.getmtime)
+    # The newest state is the one whose name carries the latest start time (a restore writes a new file).
+    # Not by mtime: Tune's final storage sync rewrites the restored run's old file too, after the new one.
+    files = sorted(glob.glob(str(storage / sweep_id / category / "experiment_state-*.json")))
     if not files:
         return {}
     try:

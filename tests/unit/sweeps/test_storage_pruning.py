@@ -244,7 +244,7 @@ def test_tune_study_prunes_ended_trials_only(local_ray: Any, tmp_path: Path) -> 
 
 def _pretend_still_running(experiment: Path, trial_ids: set[str]) -> None:
     """Rewrite the latest snapshot as a kill -9 can leave it: these trials RUNNING, their ends unrecorded."""
-    path = sorted(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)[-1]
+    path = sorted(experiment.glob("experiment_state-*.json"))[-1]
     state = json.loads(path.read_text())
     for entry in state["trial_data"]:
         trial = json.loads(entry[0])
