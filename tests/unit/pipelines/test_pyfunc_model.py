@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-mlflow = pytest.importorskip("mlflow")
+import mlflow
 
 from memseg.config import MemSegConfig, resolve_for_category  # noqa: E402
 from memseg.inference import load_checkpoint, predict  # noqa: E402
