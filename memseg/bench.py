@@ -691,28 +691,11 @@ def training_step(
     amp: bool,
     channels_last: bool,
 ) -> torch.Tensor:
-    """One optimisation step exactly as :func:`memseg.training.fit` does it (no host-device sync).
+    """One optimisation step exactly as :func:`memseg.training.fit` does it; returns the detached loss."""
+    from memseg.training.loop import training_step as fit_step
 
-    Args:
-        images: ``(B, 3, H, W)`` float in [0, 1] (host or device).
-        masks: ``(B, H, W)`` in {0, 1}.
-
-    Returns:
-        The detached total loss (still on the device).
-    """
-    from memseg.training.loop import autocast_for
-
-    images = images.to(device, non_blocking=True)
-    masks = masks.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device, amp):
-        logits = model(images)
-    total, _ = criterion(logits.float(), masks)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
-    scheduler.step()
+    total, _ = fit_step(model, criterion, optimizer, scheduler, images, masks, device,
+                        amp=amp, channels_last=channels_last)
     return total.detach()
 
 
