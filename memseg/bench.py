@@ -426,11 +426,26 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
+
+
 def _rss_bytes() -> int | None:
+    """Current RSS: psutil where installed (any OS), else Linux's /proc; None where neither exists."""
     try:
         import psutil
     except ImportError:
-        return None
+        return _proc_status_bytes("VmRSS")
     return int(psutil.Process().memory_info().rss)
 
 
@@ -440,19 +455,33 @@ def _maxrss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where Linux does not allow it."""
+    if _proc_status_bytes("VmHWM") is None:
+        return False
+    try:
+        _PROC_CLEAR_REFS.write_text("5")  # "5": reset the peak RSS only (Linux >= 4.0)
+    except OSError:
+        return False
+    return True
+
+
 class PeakRSS:
     """Peak resident memory of this process while the ``with`` block runs.
 
-    With psutil (installed with Ray) a background thread samples the RSS every ``interval`` seconds;
-    without it, the process's ``ru_maxrss`` at the end is used, which is the peak since the process
-    started and therefore an upper bound. (tracemalloc does not see torch's allocations.)
+    On Linux the kernel's own high-water mark is reset on entry and read on exit (``method`` =
+    ``vmhwm``): exact, whatever the scheduler does. Elsewhere, with psutil (installed with Ray), a
+    background thread samples the RSS every ``interval`` seconds, which can miss a short spike while
+    the machine is loaded or C code holds the GIL; without psutil, the process's ``ru_maxrss`` at the
+    end is used, the peak since the process started and therefore an upper bound. (tracemalloc does
+    not see torch's allocations.)
     """
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
         self.peak = 0
         self.start = 0
-        self.method = "psutil" if _rss_bytes() is not None else "ru_maxrss"
+        self.method = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -463,17 +492,25 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
-        if self.method == "psutil":
+        if _reset_high_water_mark():
+            self.method = "vmhwm"
+            self.start = _proc_status_bytes("VmRSS") or 0
+            self.peak = self.start
+        elif _rss_bytes() is not None:
+            self.method = "sampled"
             self.start = _rss_bytes() or 0
             self.peak = self.start
             self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
             self._thread.start()
         else:
+            self.method = "ru_maxrss"
             self.start = _maxrss_bytes()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
+        if self.method == "vmhwm":
+            self.peak = max(self.peak, _proc_status_bytes("VmHWM") or 0)
+        elif self._thread is not None:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, _rss_bytes() or 0)
@@ -745,6 +782,7 @@ def measure_training_step(
         durations = time_runs(run, repeats=repeats, warmup=warmup, clock=clock)
     memory["peak_host_mib"] = rss.peak_mib
     memory["host_delta_mib"] = rss.delta_mib
+    memory["host_method"] = rss.method
     if device.type == "cuda":
         memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     del model, optimizer, scheduler, criterion
