@@ -716,26 +716,6 @@ def bench_loader(settings: BenchSettings, data: BenchData, report: BenchReport) 
         report.derived["workers_needed_for_gpu_target"] = math.ceil(LOADER_MARGIN * consumed / per_worker)
 
 
-def training_step(
-    model: Any,
-    criterion: Any,
-    optimizer: Any,
-    scheduler: Any,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    device: torch.device,
-    *,
-    amp: bool,
-    channels_last: bool,
-) -> torch.Tensor:
-    """One optimisation step exactly as :func:`memseg.training.fit` does it; returns the detached loss."""
-    from memseg.training.loop import training_step as fit_step
-
-    total, _ = fit_step(model, criterion, optimizer, scheduler, images, masks, device,
-                        amp=amp, channels_last=channels_last)
-    return total.detach()
-
-
 def measure_training_step(
     cfg: Any,
     data: BenchData,
@@ -753,6 +733,7 @@ def measure_training_step(
     """
     from memseg.data.datasets import create_train_loader
     from memseg.loss import MemSegLoss
+    from memseg.training.loop import training_step
     from memseg.training.schedule import create_optimizer, create_scheduler
 
     device = torch.device(device)
@@ -782,7 +763,6 @@ def measure_training_step(
         durations = time_runs(run, repeats=repeats, warmup=warmup, clock=clock)
     memory["peak_host_mib"] = rss.peak_mib
     memory["host_delta_mib"] = rss.delta_mib
-    memory["host_method"] = rss.method
     if device.type == "cuda":
         memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     del model, optimizer, scheduler, criterion

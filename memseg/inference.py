@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from memseg.config import MemSegConfig, resolve_for_category
-from memseg.data.mvtec import IMAGE_SUFFIXES
+from memseg.data.mvtec import IMAGE_SUFFIXES, read_rgb, resize_square
 from memseg.errors import CheckpointError, ConfigError, ImageReadError, MemSegError
 from memseg.evaluation import predict_maps
 from memseg.metrics import image_scores
@@ -161,14 +161,6 @@ def to_rgb_u8(image: np.ndarray) -> np.ndarray:
     raise ValueError(msg)
 
 
-def _resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    # The same policy as memseg.data.mvtec.read_image, so the model sees what it saw in training.
-    if rgb.shape[:2] == (size, size):
-        return rgb
-    shrink = rgb.shape[0] >= size and rgb.shape[1] >= size
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
 def predict(
     model: MemSeg,
     images_u8: Sequence[np.ndarray],
@@ -190,7 +182,7 @@ def predict(
     if not rgb:
         return []
     size = cfg.data.image_size
-    batch = np.stack([_resize_square(im, size) for im in rgb])
+    batch = np.stack([resize_square(im, size) for im in rgb])
     maps = predict_maps(model, batch, cfg.eval.batch_size, device)
     scores = image_scores(maps, cfg.eval.top_k)
     out = []
@@ -200,24 +192,6 @@ def predict(
             anomaly_map = cv2.resize(anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
         out.append(Prediction(float(score), np.clip(anomaly_map, 0.0, 1.0).astype(np.float32, copy=False)))
     return out
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file at its own size as uint8 RGB ``(H, W, 3)``.
-
-    Raises:
-        ImageReadError: naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: image file does not exist"
-        raise ImageReadError(msg)
-    # IMREAD_COLOR: grayscale -> 3 channels, alpha dropped, 16-bit scaled to 8-bit.
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        msg = f"{path}: cannot decode image (unreadable or corrupt file)"
-        raise ImageReadError(msg)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def collect_images(inputs: Iterable[str | Path], exclude: Path | None = None) -> list[tuple[Path, str]]:

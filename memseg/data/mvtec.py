@@ -112,10 +112,35 @@ def check_layout(root: str | Path, categories: Iterable[str] | None = None, *, d
     return problems
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image as RGB and resize it to a square.
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image at its own size as uint8 RGB ``(H, W, 3)``.
 
     Grayscale becomes three equal channels, 16-bit is scaled to 8-bit and an alpha channel is dropped.
+
+    Raises:
+        ImageReadError: naming the file when it is missing or cannot be decoded.
+    """
+    raw = _decode(Path(path))
+    if raw.ndim == 2:
+        return cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
+    if raw.shape[2] == 1:
+        return cv2.cvtColor(raw[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if raw.shape[2] == 4:
+        return cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``(size, size)``: the one policy for training, evaluation and inference alike."""
+    if rgb.shape[:2] == (size, size):
+        return np.ascontiguousarray(rgb)
+    # INTER_AREA averages when shrinking (no aliasing); it degenerates to blocky output when enlarging.
+    shrink = rgb.shape[0] >= size and rgb.shape[1] >= size
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def read_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode an image as RGB (:func:`read_rgb`) and resize it to a square (:func:`resize_square`).
 
     Returns:
         uint8 array ``(size, size, 3)``, RGB.
@@ -123,20 +148,7 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
     Raises:
         ImageReadError: naming the file when it is missing or cannot be decoded.
     """
-    raw = _decode(Path(path))
-    if raw.ndim == 2:
-        rgb = cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
-    elif raw.shape[2] == 1:
-        rgb = cv2.cvtColor(raw[:, :, 0], cv2.COLOR_GRAY2RGB)
-    elif raw.shape[2] == 4:
-        rgb = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)
-    else:
-        rgb = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    if rgb.shape[:2] != (size, size):
-        # INTER_AREA averages when shrinking (no aliasing); it degenerates to blocky output when enlarging.
-        shrink = rgb.shape[0] >= size and rgb.shape[1] >= size
-        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return np.ascontiguousarray(rgb)
+    return resize_square(read_rgb(path), size)
 
 
 def read_mask(path: str | Path | None, size: int) -> np.ndarray:
