@@ -217,6 +217,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "train.peak_gpu_memory_mib": ("MiB", "peak GPU memory allocated while training"),
     "infer.batch1_images_per_s": ("images/s", "inference, batch 1 (memory comparison included)"),
     "infer.batch8_images_per_s": ("images/s", "inference, batch 8 (memory comparison included)"),
+    "infer.bf16_batch8_images_per_s": ("images/s", "inference, batch 8, bf16 autocast (memseg predict --precision bf16)"),
     "infer.batch1_latency_p50_ms": ("ms", "inference latency p50, batch 1"),
     "infer.batch1_latency_p95_ms": ("ms", "inference latency p95, batch 1"),
     "memory.build_s": ("s", "memory-bank build, N samples"),
@@ -793,8 +794,8 @@ def bench_training(settings: BenchSettings, data: BenchData, report: BenchReport
 def bench_inference(settings: BenchSettings, data: BenchData, report: BenchReport) -> None:
     """Memory build time for N samples; images/s at batch 1 and 8 and batch-1 latency, memory comparison included."""
     from memseg.data.datasets import load_memory_images, to_tensor
+    from memseg.evaluation import inference_autocast
     from memseg.model import create_model
-    from memseg.training.loop import autocast_for
 
     device = torch.device(settings.device)
     cfg = bench_config(settings, data.root)
@@ -814,13 +815,19 @@ def bench_inference(settings: BenchSettings, data: BenchData, report: BenchRepor
     from memseg.data.datasets import load_images
 
     pool = load_images([s.path for s in data.train], settings.size)
-    for batch, name in ((1, "infer.batch1_images_per_s"), (settings.batch_size, "infer.batch8_images_per_s")):
+    # What `memseg predict` runs: fp32 unless --precision bf16 (the training step's AMP is separate).
+    cases = (
+        (1, "fp32", "infer.batch1_images_per_s"),
+        (settings.batch_size, "fp32", "infer.batch8_images_per_s"),
+        (settings.batch_size, "bf16", "infer.bf16_batch8_images_per_s"),
+    )
+    for batch, precision, name in cases:
         x = to_tensor(pool[np.arange(batch) % len(pool)]).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
 
-        def run(x: torch.Tensor = x) -> None:
-            with torch.inference_mode(), autocast_for(device, cfg.train.amp):
+        def run(x: torch.Tensor = x, precision: str = precision) -> None:
+            with torch.inference_mode(), inference_autocast(device, precision):
                 model.anomaly_map(x)
             _sync(device)
 

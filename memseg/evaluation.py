@@ -8,7 +8,8 @@ come from :func:`memseg.metrics.compute_metrics`. Used by the training loop (val
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -16,6 +17,28 @@ from torch import nn
 
 from memseg.config import EvalConfig
 from memseg.metrics import compute_metrics
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+
+
+def inference_autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context of an inference ``precision``.
+
+    ``fp32`` (the default everywhere, and what validation and test metrics use): none. ``bf16``:
+    bfloat16 autocast for the trainable head (layer4, MSFF, decoder) on CUDA or on CPUs with
+    AVX512-BF16/AMX, about 1.7x the CPU throughput; the frozen extractor and the memory comparison
+    stay float32 (see :mod:`memseg.model.feature_extractor`), and maps move by a few 1e-3.
+
+    Raises:
+        ValueError: naming the precision when it is not one of :data:`PRECISIONS`.
+    """
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    msg = f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+    raise ValueError(msg)
 
 
 def _batch_to_tensor(images: Any, start: int, stop: int, device: torch.device) -> torch.Tensor:
@@ -57,6 +80,8 @@ def predict_maps(
     images: torch.Tensor | np.ndarray | Sequence[np.ndarray],
     batch_size: int,
     device: torch.device | str | None = None,
+    *,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Anomaly maps of many images, batch by batch, in eval mode and without gradients.
 
@@ -68,6 +93,7 @@ def predict_maps(
             list of uint8 ``(H, W, 3)`` RGB arrays of one size. H and W divisible by 32.
         batch_size: images per forward pass.
         device: where to run; None = where the model is. The model is moved there.
+        precision: ``fp32`` or ``bf16`` (:func:`inference_autocast`).
 
     Returns:
         float32 ``(N, H, W)`` maps in [0, 1].
@@ -76,6 +102,7 @@ def predict_maps(
         msg = f"batch_size must be >= 1, got {batch_size}"
         raise ValueError(msg)
     device = torch.device(device) if device is not None else _model_device(model)
+    autocast = inference_autocast(device, precision)  # a bad precision fails before any work
     n = len(images)
     if n == 0:
         return np.zeros((0, *_spatial_shape(images)), dtype=np.float32)
@@ -84,7 +111,7 @@ def predict_maps(
     model.eval()
     out: np.ndarray | None = None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for start in range(0, n, batch_size):
                 batch = _batch_to_tensor(images, start, min(start + batch_size, n), device)
                 maps = model.anomaly_map(batch).float().cpu().numpy()

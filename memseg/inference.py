@@ -166,6 +166,8 @@ def predict(
     images_u8: Sequence[np.ndarray],
     cfg: MemSegConfig,
     device: str | torch.device | None = None,
+    *,
+    precision: str = "fp32",
 ) -> list[Prediction]:
     """Score images of any size.
 
@@ -174,6 +176,8 @@ def predict(
         images_u8: uint8 RGB ``(H, W, 3)`` (or grayscale ``(H, W)``) images; sizes may differ.
         cfg: the model's config (``data.image_size``, ``eval.top_k``, ``eval.batch_size``).
         device: where to run; None = where the model is.
+        precision: ``fp32`` (default; what evaluation uses) or ``bf16``
+            (:func:`memseg.evaluation.inference_autocast`).
 
     Returns:
         One :class:`Prediction` per image, maps at each image's own size.
@@ -183,7 +187,7 @@ def predict(
         return []
     size = cfg.data.image_size
     batch = np.stack([resize_square(im, size) for im in rgb])
-    maps = predict_maps(model, batch, cfg.eval.batch_size, device)
+    maps = predict_maps(model, batch, cfg.eval.batch_size, device, precision=precision)
     scores = image_scores(maps, cfg.eval.top_k)
     out = []
     for image, anomaly_map, score in zip(rgb, maps, scores, strict=True):
@@ -257,6 +261,7 @@ def predict_paths(
     *,
     threshold: float | None = None,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> PredictReport:
     """Predict image files and folders, writing maps, overlays and ``scores.csv`` to ``out_dir``.
 
@@ -270,6 +275,7 @@ def predict_paths(
         out_dir: created if needed.
         threshold: when given, ``scores.csv`` gets ``is_anomalous`` = (score >= threshold).
         device: where to run; None = where the model is.
+        precision: ``fp32`` or ``bf16``, as in :func:`predict`.
 
     Returns:
         A :class:`PredictReport`; unreadable images are in ``skipped`` (and logged), not raised.
@@ -294,7 +300,7 @@ def predict_paths(
                 report.skipped.append((path, str(exc)))
         if not readable:
             continue
-        predictions = predict(model, [image for _, _, image in readable], cfg, device)
+        predictions = predict(model, [image for _, _, image in readable], cfg, device, precision=precision)
         for (path, name, image), pred in zip(readable, predictions, strict=True):
             levels = np.round(pred.anomaly_map * MAP_PNG_MAX).astype(np.uint16)
             _write_png(out / f"{name}{MAP_SUFFIX}", levels)

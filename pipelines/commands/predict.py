@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (eval.batch_size)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: $MEMSEG_NUM_THREADS)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="fp32 (default, as evaluation) or bf16: bfloat16 autocast of the trainable head, ~1.7x faster "
+        "on CPUs with AVX512-BF16/AMX and on GPUs; scores move by a few 1e-3",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -59,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_checkpoint(args.checkpoint, device)
     if args.batch_size:
         cfg = cfg.with_overrides({"eval.batch_size": args.batch_size})
-    report = predict_paths(model, cfg, args.inputs, args.out, threshold=args.threshold, device=device)
+    report = predict_paths(
+        model, cfg, args.inputs, args.out, threshold=args.threshold, device=device, precision=args.precision
+    )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     if not report.scores:

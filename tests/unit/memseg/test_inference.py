@@ -93,6 +93,23 @@ def test_predict_maps_batches_all_input_kinds_alike(tiny: tuple[MemSeg, MemSegCo
     assert predict_maps(model, torch.zeros(0, 3, SIZE, SIZE), 2).shape == (0, SIZE, SIZE)
 
 
+def test_bf16_precision_runs_the_head_in_bf16_and_stays_close(tiny: tuple[MemSeg, MemSegConfig]) -> None:
+    model, _ = tiny
+    images = _rand_images(4, seed=5)
+    seen: list[torch.dtype] = []
+    hook = model.decoder.final.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        fp32 = predict_maps(model, images, batch_size=4)
+        bf16 = predict_maps(model, images, batch_size=4, precision="bf16")
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert bf16.dtype == np.float32 and 0.0 <= bf16.min() and bf16.max() <= 1.0
+    assert np.abs(bf16 - fp32).max() < 0.01  # measured ~2e-3 here
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        predict_maps(model, images, batch_size=4, precision="fp16")
+
+
 def test_evaluate_model_returns_maps_and_their_metrics(tiny: tuple[MemSeg, MemSegConfig]) -> None:
     model, cfg = tiny
     images = _rand_images(6, seed=3)
@@ -305,6 +322,13 @@ def test_cli_evaluate_and_predict(
     assert "skipped" in printed and "corrupt.png" in printed
     assert "1 image(s) scored" in printed
     assert (tmp_path / "pred" / "a_overlay.png").is_file()
+
+    code = main([
+        "predict", "--checkpoint", str(checkpoint_dir), str(images / "a.png"), "--out", str(tmp_path / "bf16"),
+        "--device", "cpu", "--precision", "bf16",
+    ])
+    assert code == 0 and "1 image(s) scored" in capsys.readouterr().out
+    assert (tmp_path / "bf16" / "scores.csv").is_file()
 
     code = main(["predict", "--checkpoint", str(checkpoint_dir), str(images / "corrupt.png"), "--out", str(tmp_path / "p2")])
     assert code == 1
