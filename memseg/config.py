@@ -227,6 +227,33 @@ def field_names() -> list[str]:
     return sorted(MemSegConfig().flatten())
 
 
+def read_yaml_mapping(path: Path, what: str, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (configs, sweep specs, search spaces).
+
+    Args:
+        path: the file.
+        what: what the file is, for the error ("config file", "sweep config", ...).
+        empty_ok: an empty file reads as ``{}`` instead of an error.
+
+    Raises:
+        ConfigError: naming the file when it cannot be read, is not YAML or is not a mapping.
+    """
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        msg = f"{path}: cannot read {what} ({exc.strerror})"
+        raise ConfigError(msg) from exc
+    except yaml.YAMLError as exc:
+        msg = f"{path}: not valid YAML ({exc})"
+        raise ConfigError(msg) from exc
+    if loaded is None and empty_ok:
+        return {}
+    if not isinstance(loaded, dict):
+        msg = f"{path}: top level of the {what} must be a mapping, got {type(loaded).__name__}"
+        raise ConfigError(msg)
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()
 ) -> MemSegConfig:
@@ -238,20 +265,7 @@ def load_config(
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            msg = f"{path}: cannot read config file ({exc.strerror})"
-            raise ConfigError(msg) from exc
-        except yaml.YAMLError as exc:
-            msg = f"{path}: not valid YAML ({exc})"
-            raise ConfigError(msg) from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            msg = f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}"
-            raise ConfigError(msg)
-        tree = loaded
+        tree = read_yaml_mapping(path, "config file", empty_ok=True)
     try:
         return _build(_apply(tree, _parse_overrides(overrides)))
     except ConfigError as exc:

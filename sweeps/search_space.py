@@ -38,10 +38,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from memseg.config import MemSegConfig, field_names
+from memseg.config import MemSegConfig, field_names, read_yaml_mapping
 from memseg.errors import ConfigError
 from sweeps.spec import describe_validation_error
 
@@ -383,14 +382,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         ConfigError: naming the file and the parameter at fault.
     """
     path = resolve_space_path(name_or_path)
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read search space ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    loaded = read_yaml_mapping(path, "search space")
     params = loaded.get("params")
     if isinstance(params, dict):  # YAML reads `true:` case keys as booleans
         for spec in params.values():

@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from memseg.config import MemSegConfig, flatten_dict
+from memseg.config import MemSegConfig, flatten_dict, read_yaml_mapping
 from memseg.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -217,15 +216,7 @@ def load_sweep_spec(name_or_path: str | Path) -> SweepSpec:
         ConfigError: naming the file and the dotted key at fault.
     """
     path = resolve_spec_path(name_or_path)
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read sweep config ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-    return validate_spec(loaded, str(path))
+    return validate_spec(read_yaml_mapping(path, "sweep config"), str(path))
 
 
 def validate_spec(tree: Mapping[str, Any], source: str) -> SweepSpec:
