@@ -303,7 +303,8 @@ class BenchReport:
         return path
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """A figure with 3 significant digits (none: "-")."""
     if value is None:
         return "-"
     if value == 0:
@@ -313,6 +314,18 @@ def _fmt(value: float | None) -> str:
     if abs(value) >= 1:
         return f"{value:.2f}"
     return f"{value:.3g}"
+
+
+def render_rows(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Text table lines: the first row is the header (underlined), first column left-aligned, the rest right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = (c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True)))
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
 
 
 def format_table(report: BenchReport) -> str:
@@ -334,20 +347,15 @@ def format_table(report: BenchReport) -> str:
             rows.append((name, "skipped", "", "", "", "", str(fig["skipped"])[:60]))
             continue
         t = targets.get(name)
-        target = f"{t['op']} {_fmt(t['target'])} {'ok' if t['met'] else 'MISSED'}" if t else ""
+        target = f"{t['op']} {fmt(t['target'])} {'ok' if t['met'] else 'MISSED'}" if t else ""
         rows.append(
-            (name, _fmt(fig["median"]), _fmt(fig["min"]), _fmt(fig["max"]), fig["unit"],
-             _fmt(REFERENCE.get(name)), target)
+            (name, fmt(fig["median"]), fmt(fig["min"]), fmt(fig["max"]), fig["unit"],
+             fmt(REFERENCE.get(name)), target)
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head, ""]
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [head, "", *render_rows(rows)]
     if report.derived:
         lines.append("")
-        lines.extend(f"{k}: {_fmt(v) if isinstance(v, float) else v}" for k, v in report.derived.items())
+        lines.extend(f"{k}: {fmt(v) if isinstance(v, float) else v}" for k, v in report.derived.items())
     return "\n".join(lines)
 
 

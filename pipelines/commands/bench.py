@@ -33,6 +33,8 @@ examples:
   memseg bench --quick --size 64 --json out.json     # CI smoke run
   memseg bench --device cuda --json bench_cuda.json  # on a GPU node
   memseg bench --threads 1 --clock cpu --skip-sweep  # compare commits on a busy shared machine
+  memseg bench --compare before.json after.json      # what changed, beyond the min-max noise
+  memseg bench --compare main.json pr.json --max-regression 10   # exit 1 on a >10 % regression
 
 On a machine shared with other jobs, wall-clock figures swing with the load; --threads 1
 --clock cpu times one thread's CPU time instead, which approximates an idle core (the DataLoader
@@ -67,10 +69,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-size", type=int, default=64, metavar="PX", help="image size of the overhead sweep (default: 64)")
     p.add_argument("--no-mlflow", action="store_true", help="leave MLflow tracking out of the overhead sweep")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument(
+        "--compare", nargs=2, metavar=("BASE", "NEW"),
+        help="measure nothing; compare two --json reports figure by figure (change of the medians, "
+        "counted only where the min-max ranges do not overlap)",
+    )
+    p.add_argument(
+        "--max-regression", type=float, metavar="PCT",
+        help="with --compare: exit 1 when a figure is worse beyond noise by more than PCT percent",
+    )
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(*args.compare, max_regression=args.max_regression)
+    if args.max_regression is not None:
+        print("memseg bench: --max-regression goes with --compare BASE NEW", file=sys.stderr)
+        return 2
     from memseg.bench import BenchSettings, format_table, run_bench
 
     settings = BenchSettings(
@@ -103,6 +119,21 @@ def handle(args: argparse.Namespace) -> int:
         path = report.write_json(args.json)
         print(f"\nJSON: {path}")
     return status
+
+
+def _compare(base_path: str, new_path: str, *, max_regression: float | None) -> int:
+    from memseg.bench_compare import compare_reports, format_comparison, load_report, regressions
+
+    base, new = load_report(base_path), load_report(new_path)
+    changes = compare_reports(base, new)
+    print(f"base {base_path}\nnew  {new_path}\n")
+    print(format_comparison(base, new, changes))
+    if max_regression is None:
+        return 0
+    worse = regressions(changes, max_regression / 100)
+    for c in worse:
+        print(f"REGRESSION {c.name}: {c.change:+.1%} ({c.unit}), beyond the {max_regression:g} % allowed")
+    return 1 if worse else 0
 
 
 def _sweep_overhead(args: argparse.Namespace, log: Any) -> Any:
