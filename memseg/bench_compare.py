@@ -10,13 +10,13 @@ comparison of machines, not of code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memseg.bench import FIGURES, fmt, render_rows
+from memseg.config import read_yaml_mapping
 from memseg.errors import ConfigError
 
 LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "MiB", "share"})
@@ -55,15 +55,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
         ConfigError: naming the file when it cannot be read or is not a bench report.
     """
     path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except OSError as exc:
-        msg = f"{path}: cannot read bench report ({exc.strerror})"
-        raise ConfigError(msg) from exc
-    except json.JSONDecodeError as exc:
-        msg = f"{path}: not JSON ({exc})"
-        raise ConfigError(msg) from exc
-    if not isinstance(report, dict) or not isinstance(report.get("figures"), dict):
+    report = read_yaml_mapping(path, "bench report")  # JSON is YAML: one reader for every config-like file
+    if not isinstance(report.get("figures"), dict):
         msg = f"{path}: not a memseg bench report (no 'figures' mapping; write one with memseg bench --json)"
         raise ConfigError(msg)
     return report
