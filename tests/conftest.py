@@ -22,11 +22,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def torch_threads() -> Iterator[None]:
     """Run the test with one torch thread (the CPU is shared with other test processes), then restore."""
-    import torch
+    from memseg.bench import torch_threads as one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread(1):
         yield
-    finally:
-        torch.set_num_threads(before)
