@@ -203,7 +203,7 @@ class MemSegConfig(_Section):
 
     def with_overrides(self, overrides: Mapping[str, Any] | Sequence[str]) -> MemSegConfig:
         """A copy with dotted overrides applied: a mapping, or ``["key=value", ...]`` strings."""
-        return _build(_apply(self.model_dump(), _parse_overrides(overrides)))
+        return _build(apply_overrides(self.model_dump(), parse_overrides(overrides)))
 
     def to_yaml(self) -> str:
         """Serialise (round-trips through :func:`load_config`)."""
@@ -267,7 +267,7 @@ def load_config(
         path = Path(path)
         tree = read_yaml_mapping(path, "config file", empty_ok=True)
     try:
-        return _build(_apply(tree, _parse_overrides(overrides)))
+        return _build(apply_overrides(tree, parse_overrides(overrides)))
     except ConfigError as exc:
         if path is not None:
             raise ConfigError(f"{path}: {exc}") from exc
@@ -299,7 +299,16 @@ def resolve_for_category(cfg: MemSegConfig, category: str | None = None) -> MemS
     return cfg.with_overrides(changes)
 
 
-def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+def parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    """Dotted overrides as a mapping: a mapping is copied, ``["key=value", ...]`` strings are parsed.
+
+    Values are YAML scalars (``0.4`` -> float, ``true`` -> bool, ``null`` -> None, ``[4, 8]`` -> list);
+    a value that is not valid YAML stays the raw string. The one parser of ``--set`` for configs and
+    sweep specs alike.
+
+    Raises:
+        ConfigError: an item is not ``key=value``.
+    """
     if isinstance(overrides, Mapping):
         return dict(overrides)
     parsed: dict[str, Any] = {}
@@ -316,7 +325,12 @@ def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, 
     return parsed
 
 
-def _apply(tree: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def apply_overrides(tree: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``tree`` with each dotted key set (``{"optim.lr": 0.1}`` sets ``tree["optim"]["lr"]``).
+
+    Raises:
+        ConfigError: a dotted key runs through a value (``optim.lr.x`` when ``optim.lr`` is a number).
+    """
     tree = _deep_copy(tree)
     for dotted, value in overrides.items():
         parts = dotted.split(".")

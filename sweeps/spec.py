@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from memseg.config import MemSegConfig, flatten_dict, read_yaml_mapping
+from memseg.config import MemSegConfig, apply_overrides, flatten_dict, parse_overrides, read_yaml_mapping
 from memseg.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -180,16 +180,10 @@ class SweepSpec(_Strict):
         except ConfigError as exc:
             raise ConfigError(f"base.{exc}") from None
 
-    def with_changes(self, changes: Mapping[str, Any]) -> SweepSpec:
-        """A copy with dotted changes applied (``{"data.root": ..., "storage.path": ...}``), validated again."""
-        tree = self.model_dump()
-        for dotted, value in changes.items():
-            node = tree
-            parts = dotted.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value
-        return validate_spec(tree, "<overrides>")
+    def with_changes(self, changes: Mapping[str, Any] | Sequence[str]) -> SweepSpec:
+        """A copy with dotted changes applied (``{"data.root": ..., "storage.path": ...}`` or
+        ``["key=value", ...]``), validated again."""
+        return validate_spec(apply_overrides(self.model_dump(), parse_overrides(changes)), "<overrides>")
 
 
 def builtin_specs() -> list[str]:

@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]]:
     """The sweep spec of ``--config`` with ``--set``, ``--data-root`` and ``--storage`` applied (also for `pipeline run`)."""
+    from memseg.config import parse_overrides
     from sweeps.spec import load_sweep_spec
 
-    changes = _parse_sets(args.overrides)
+    changes = parse_overrides(args.overrides)
     if args.data_root:
         changes["data.root"] = args.data_root
     if args.storage:
@@ -67,18 +68,6 @@ def handle(args: argparse.Namespace) -> int:
     return run_tracked_sweep(
         spec, categories=args.categories, resume=args.resume, sweep_id=args.sweep_id, changes=changes
     )
-
-
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    from memseg.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} must look like section.key=value")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
 
 
 def run_tracked_sweep(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from memseg.config import parse_overrides
 from memseg.errors import ConfigError
 from pipelines.cli import build_parser, main
-from pipelines.commands.sweep import _parse_sets, run_tracked_sweep
+from pipelines.commands.sweep import run_tracked_sweep
 from pipelines.tracking import TrackingError
 from sweeps.driver import SweepError
 from sweeps.spec import load_sweep_spec
@@ -25,10 +26,10 @@ def test_sweep_subcommand_flags() -> None:
 
 
 def test_set_values_are_yaml_scalars() -> None:
-    assert _parse_sets(["search.num_samples=4", "scheduler.kind=fifo", "budget.time_budget_s=null"]) == {
+    assert parse_overrides(["search.num_samples=4", "scheduler.kind=fifo", "budget.time_budget_s=null"]) == {
         "search.num_samples": 4, "scheduler.kind": "fifo", "budget.time_budget_s": None}
-    with pytest.raises(ConfigError, match="section.key=value"):
-        _parse_sets(["oops"])
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_overrides(["oops"])
 
 
 def test_unknown_config_is_a_clean_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
