@@ -7,6 +7,15 @@ from pathlib import Path
 
 import pytest
 
+# Service fixtures (real Ray clusters, mlflow servers, PostgreSQL) are shared with every test module
+# through pytest's plugin mechanism, so modules ask for them by argument instead of importing them.
+pytest_plugins = [
+    "tests.helpers.ray_cluster",
+    "tests.helpers.mlflow_server",
+    "tests.helpers.postgres",
+    "tests.helpers.mlflow_auth_server",
+]
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

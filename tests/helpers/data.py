@@ -74,7 +74,7 @@ def serve_file(
     log = ServerLog()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path != f"/{name}":
                 self.send_error(404)
                 return
@@ -104,7 +104,7 @@ def serve_file(
                 return
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet test output
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -6,9 +6,8 @@ with password-less URIs and ``PGPASSWORD`` from the environment, ``--serve-artif
 ``--artifacts-destination``, ``--allowed-hosts``, the admin password from
 ``MLFLOW_AUTH_ADMIN_PASSWORD`` and a ``basic_auth.ini`` found through ``MLFLOW_AUTH_CONFIG_PATH``.
 
-Use it from a test module with
-``from tests.helpers.mlflow_auth_server import mlflow_auth_server  # noqa: F401`` (it pulls in the
-``postgres_server`` fixture). Clients pick their identity with :meth:`MlflowAuthServer.client_env`.
+A test asks for the ``mlflow_auth_server`` fixture by argument (tests/conftest.py registers this
+module as a plugin; the fixture uses ``postgres_server``). Clients pick their identity with :meth:`MlflowAuthServer.client_env`.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.postgres import PostgresServer, free_port, postgres_server  # noqa: F401
+from tests.helpers.postgres import PostgresServer, free_port
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "memseg-admin-test-pw"
@@ -96,7 +95,7 @@ class MlflowAuthServer:
             return client.get_user_permission(username, resource_type, resource_id).permission
 
 
-class _env:  # noqa: N801 - used like a function
+class _env:
     """Temporarily set environment variables (the MLflow REST client reads credentials from there)."""
 
     def __init__(self, values: dict[str, str]) -> None:
@@ -191,7 +190,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_auth_server(postgres_server: PostgresServer) -> Iterator[MlflowAuthServer]:  # noqa: F811
+def mlflow_auth_server(postgres_server: PostgresServer) -> Iterator[MlflowAuthServer]:
     """The PostgreSQL-backed basic-auth MLflow server for the session."""
     import flask_wtf  # noqa: F401  (mlflow[auth], dev extra: fail, never skip)
     base = Path(tempfile.mkdtemp(prefix="memseg-mlflow-auth-"))

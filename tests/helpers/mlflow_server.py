@@ -5,9 +5,7 @@ temp folder, and is terminated (then killed, by its own process group) in teardo
 can reuse :func:`start_mlflow_server` with another ``backend_store_uri`` (PostgreSQL) or extra
 server arguments (``--app-name basic-auth``) and environment.
 
-Usage::
-
-    from tests.helpers.mlflow_server import mlflow_server  # noqa: F401  (session fixture)
+Usage (tests/conftest.py registers this module as a plugin, so a test asks by argument)::
 
     def test_x(mlflow_server):
         client = mlflow.MlflowClient(mlflow_server.uri)

@@ -6,7 +6,8 @@ data directory, with password (SCRAM) authentication on TCP so that the ``PGPASS
 the manifests (a password-less ``postgresql+psycopg2://user@host/db`` URI plus ``PGPASSWORD`` from a
 Secret) is exercised too.
 
-Use it from a test module with ``from tests.helpers.postgres import postgres_server  # noqa: F401``.
+A test asks for the ``postgres_server`` fixture by argument (tests/conftest.py registers this module
+as a plugin).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class PostgresServer:
         auth = f"{self.user}:{self.password}" if with_password else self.user
         return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/{database}"
 
-    def connect(self, database: str = "postgres"):  # noqa: ANN201 - psycopg2 connection
+    def connect(self, database: str = "postgres"):
         import psycopg2
 
         return psycopg2.connect(
@@ -150,7 +151,7 @@ def start_postgres(base_dir: Path, password: str = "memseg-test-pw") -> tuple[Po
         try:
             server.connect().close()
             break
-        except Exception:  # noqa: BLE001 - psycopg2.OperationalError until the server listens
+        except Exception:
             if time.monotonic() > deadline:
                 stop_postgres(proc)
                 raise RuntimeError(f"postgres did not accept connections:\n{log_path.read_text()[-4000:]}")

@@ -9,9 +9,7 @@ Teardown never runs ``ray stop``: that kills *every* Ray process of the user on 
 including other people's test clusters. Instead each ``ray start --block`` process gets SIGTERM
 (it then stops its own raylet/GCS/workers), and whatever is left of its process group is killed.
 
-Usage::
-
-    from tests.helpers.ray_cluster import ray_cluster  # noqa: F401  (session fixture)
+Usage (tests/conftest.py registers this module as a plugin, so a test asks by argument)::
 
     def test_x(ray_cluster):
         subprocess.run([...], env={**os.environ, **ray_cluster.env})

@@ -64,9 +64,7 @@ def env_reads_in(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args:
             func = node.func
-            if isinstance(func, ast.Attribute) and func.attr == "get" and _is_environ(func.value):
-                found.update(names(node.args[0]))
-            elif isinstance(func, ast.Attribute) and func.attr == "getenv":
+            if (isinstance(func, ast.Attribute) and func.attr == "get" and _is_environ(func.value)) or (isinstance(func, ast.Attribute) and func.attr == "getenv"):
                 found.update(names(node.args[0]))
         elif isinstance(node, ast.Subscript) and _is_environ(node.value) and isinstance(node.ctx, ast.Load):
             found.update(names(node.slice))

@@ -109,7 +109,7 @@ def test_every_variable_reaches_the_ray_pods_on_kubernetes() -> None:
         assert not lacking, f"RayCluster {where}: {lacking} neither provided nor defaulted"
     # The must-haves are provided outright, not defaulted.
     for where, provided in kubernetes_ray_env().items():
-        assert LIBRARY_READS <= provided, f"{where}: {LIBRARY_READS - provided}"
+        assert provided >= LIBRARY_READS, f"{where}: {LIBRARY_READS - provided}"
 
 
 def test_every_variable_reaches_the_ray_up_containers() -> None:
@@ -117,7 +117,7 @@ def test_every_variable_reaches_the_ray_up_containers() -> None:
     provided = launcher_env()
     lacking = sorted(name for name in needed() - provided if table.get(name, ("", ""))[1].lower() in NOT_A_DEFAULT)
     assert not lacking, f"infra/ray/cluster.yaml: {lacking} neither provided nor defaulted"
-    assert LIBRARY_READS <= provided, LIBRARY_READS - provided
+    assert provided >= LIBRARY_READS, LIBRARY_READS - provided
 
 
 def test_no_literal_secret_in_the_manifests() -> None:

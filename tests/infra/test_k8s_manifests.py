@@ -33,7 +33,7 @@ from tests.infra.manifests import (
 KUSTOMIZATIONS = {"infra/k8s": K8S, "infra/mlflow": MLFLOW}
 
 
-def _kustomization(directory):  # noqa: ANN001, ANN202
+def _kustomization(directory):
     return yaml.safe_load((directory / "kustomization.yaml").read_text())
 
 
@@ -89,7 +89,7 @@ def test_the_rendered_set_is_the_documented_one() -> None:
     ],
     ids=["spec-typo", "start-param-int", "auth-mode", "container-typo", "missing-group-name"],
 )
-def test_schema_check_catches_broken_rayclusters(mutate, expected: str) -> None:  # noqa: ANN001
+def test_schema_check_catches_broken_rayclusters(mutate, expected: str) -> None:
     rc = copy.deepcopy(find(render(K8S), "RayCluster"))
     mutate(rc)
     errors = schema_errors(rc)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mlflow_auth_server import ADMIN_USER, MlflowAuthServer, mlflow_auth_server  # noqa: F401
-from tests.helpers.postgres import PostgresServer, postgres_server  # noqa: F401
+from tests.helpers.mlflow_auth_server import ADMIN_USER, MlflowAuthServer
+from tests.helpers.postgres import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mlflow]
 
@@ -40,13 +40,13 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _client():  # noqa: ANN202
+def _client():
     from mlflow import MlflowClient
 
     return MlflowClient()  # reads MLFLOW_TRACKING_URI and the credentials from the environment
 
 
-def _log_model_run(client, experiment_id: str, tmp_path: Path) -> tuple[str, str]:  # noqa: ANN001
+def _log_model_run(client, experiment_id: str, tmp_path: Path) -> tuple[str, str]:
     """A finished run with a param, a metric and a ``model/`` artifact; returns (run_id, model source)."""
     run = client.create_run(experiment_id, run_name="trial-0")
     client.log_param(run.info.run_id, "optim.lr", 0.04)
@@ -59,7 +59,7 @@ def _log_model_run(client, experiment_id: str, tmp_path: Path) -> tuple[str, str
     return run.info.run_id, f"{run.info.artifact_uri}/model"
 
 
-def test_unauthenticated_and_wrong_password_are_refused(mlflow_auth_server: MlflowAuthServer) -> None:  # noqa: F811
+def test_unauthenticated_and_wrong_password_are_refused(mlflow_auth_server: MlflowAuthServer) -> None:
     uri = mlflow_auth_server.tracking_uri + SEARCH
     assert _get(uri)[0] == 401
     assert _get(uri, ADMIN_USER, "not-the-password")[0] == 401
@@ -69,7 +69,7 @@ def test_unauthenticated_and_wrong_password_are_refused(mlflow_auth_server: Mlfl
 
 
 def test_unauthenticated_mlflow_client_is_refused(
-    mlflow_auth_server: MlflowAuthServer,  # noqa: F811
+    mlflow_auth_server: MlflowAuthServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mlflow.exceptions import MlflowException
@@ -81,8 +81,8 @@ def test_unauthenticated_mlflow_client_is_refused(
 
 
 def test_sweeps_user_with_edit_tracks_runs_and_registers_versions(
-    mlflow_auth_server: MlflowAuthServer,  # noqa: F811
-    postgres_server: PostgresServer,  # noqa: F811
+    mlflow_auth_server: MlflowAuthServer,
+    postgres_server: PostgresServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -116,7 +116,7 @@ def test_sweeps_user_with_edit_tracks_runs_and_registers_versions(
 
 
 def test_read_only_user_cannot_move_champion(
-    mlflow_auth_server: MlflowAuthServer,  # noqa: F811
+    mlflow_auth_server: MlflowAuthServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:

@@ -41,7 +41,7 @@ def _compose() -> dict:
 
 
 def _check_server_flags(flags: dict[str, str | None], where: str) -> None:
-    assert REQUIRED_FLAGS <= set(flags), f"{where}: missing {REQUIRED_FLAGS - set(flags)}"
+    assert set(flags) >= REQUIRED_FLAGS, f"{where}: missing {REQUIRED_FLAGS - set(flags)}"
     store = urlsplit(flags["--backend-store-uri"])
     assert store.scheme == "postgresql+psycopg2", where
     assert store.password is None, f"{where}: the store URI must not carry the password (PGPASSWORD does)"

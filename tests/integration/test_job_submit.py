@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mlflow_auth_server import ADMIN_USER, MlflowAuthServer, mlflow_auth_server  # noqa: F401
-from tests.helpers.postgres import postgres_server  # noqa: F401
+from tests.helpers.mlflow_auth_server import ADMIN_USER, MlflowAuthServer
 from tests.helpers.ray_cluster import HOST, LocalRayCluster, _stop_process_group, _wait_port, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.postgres, pytest.mark.slow]
@@ -148,7 +147,7 @@ def _wait_for_job(jobs_address: str, env: dict[str, str], job_id: str) -> tuple[
 
 def test_smoke_sweep_through_ray_job_submit(
     jobs_cluster: tuple[LocalRayCluster, str],
-    mlflow_auth_server: MlflowAuthServer,  # noqa: F811
+    mlflow_auth_server: MlflowAuthServer,
     synthetic_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -86,7 +86,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"  # a dead server fails in seconds, not minutes
     held = {"server": start_mlflow_server(root / "mlflow")}
     uri = held["server"].uri
-    run = dict(tracking_uri=uri, policy=POLICY, report_dir=root / "report", device="cpu")  # noqa: C408
+    run = dict(tracking_uri=uri, policy=POLICY, report_dir=root / "report", device="cpu")
     try:
         first = spec.categories[0]
 

@@ -20,7 +20,7 @@ from memseg.inference import load_checkpoint
 from memseg.model import create_model
 from memseg.training.checkpoint import load_model_file, save_model
 from pipelines import promotion, registry
-from tests.helpers.mlflow_server import MlflowServer, mlflow_server  # noqa: F401
+from tests.helpers.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -53,7 +53,7 @@ def _checkpoints(root: Path, out: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("registry")
     a, b = _checkpoints(synthetic_root, tmp)
     cfg = load_checkpoint(a)[1]
@@ -76,7 +76,7 @@ def _winner(setup: dict, trial: str, ckpt: Path) -> registry.Winner:
     )
 
 
-def test_register_promote_refuse(mlflow_server: MlflowServer, setup: dict) -> None:  # noqa: F811
+def test_register_promote_refuse(mlflow_server: MlflowServer, setup: dict) -> None:
     uri = mlflow_server.uri
     client = mlflow.MlflowClient(uri)
     name = registry.model_name(setup["dataset"], CATEGORY)

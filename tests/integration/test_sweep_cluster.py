@@ -34,8 +34,6 @@ from memseg.config import load_config
 from pipelines import tracking
 from sweeps.dataset import ensure_dataset
 from sweeps.spec import load_sweep_spec
-from tests.helpers.mlflow_server import mlflow_server  # noqa: F401
-from tests.helpers.ray_cluster import ray_cluster  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -111,7 +109,7 @@ def _runs(client: MlflowClient, sweep_id: str) -> tuple[dict[str, Any], dict[str
     return parents, children
 
 
-def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:
     sweep_id = f"smoke-{uuid.uuid4().hex[:6]}"
     storage = tmp_path / "storage"
     out = _run(["--config", "smoke", "--data-root", str(data_root), "--storage", str(storage),
@@ -184,7 +182,7 @@ def _write_failure_spec(tmp_path: Path, data_root: Path) -> Path:
     return path
 
 
-def test_failing_trial_is_retried_then_failed(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_failing_trial_is_retried_then_failed(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:
     sweep_id = f"failing-{uuid.uuid4().hex[:6]}"
     storage = tmp_path / "storage"
     out = _run(["--config", str(_write_failure_spec(tmp_path, data_root)), "--storage", str(storage),
@@ -214,7 +212,7 @@ def test_failing_trial_is_retried_then_failed(ray_cluster, mlflow_server, data_r
     assert "failed 1" in out.stdout
 
 
-def test_sigkill_driver_then_resume(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sigkill_driver_then_resume(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:
     sweep_id = f"resume-{uuid.uuid4().hex[:6]}"
     storage = tmp_path / "storage"
     env = _env(ray_cluster, mlflow_server)

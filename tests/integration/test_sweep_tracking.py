@@ -21,7 +21,6 @@ from pipelines import tracking
 from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from sweeps.status import board_for  # noqa: F401  (imports ray.tune, as the driver does)
-from tests.helpers.mlflow_server import mlflow_server  # noqa: F401
 from tests.helpers.ray_cluster import free_port
 
 pytestmark = pytest.mark.mlflow
@@ -76,7 +75,7 @@ def _params(point: dict[str, Any]) -> dict[str, Any]:
     return {**point, "optim.lr": point["optim.lr[sgd]"]}
 
 
-def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp_path: Path) -> None:  # noqa: F811
+def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp_path: Path) -> None:
     uri = mlflow_server.uri
     sweep = tracking.SweepTracking(uri, plan.sweep_id, spec_name="smoke", commit="abc123")
     cb = sweep.callback(plan)
@@ -164,7 +163,7 @@ def test_dead_server_is_named(tmp_path: Path) -> None:
         tracking.check_tracking_store(uri, timeout_s=3)
 
 
-def test_live_server_passes_the_check(mlflow_server) -> None:  # noqa: F811
+def test_live_server_passes_the_check(mlflow_server) -> None:
     tracking.check_tracking_store(mlflow_server.uri)
 
 

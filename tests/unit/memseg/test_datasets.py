@@ -96,7 +96,7 @@ def test_loader_batches_hold_the_synthetic_share_with_real_masks(cfg: MemSegConf
         images, masks = next(it)
         assert images.shape == (8, 3, SIZE, SIZE)
         assert images.dtype == torch.float32
-        assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+        assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
         assert masks.shape == (8, SIZE, SIZE)
         assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
         # carpet uses no foreground mask, so every synthetic item gets a non-empty Perlin mask.

@@ -82,7 +82,7 @@ def test_predict_maps_batches_all_input_kinds_alike(tiny: tuple[MemSeg, MemSegCo
     assert model.training  # mode restored
     model.eval()
     assert maps.shape == (5, SIZE, SIZE) and maps.dtype == np.float32
-    assert 0.0 <= maps.min() and maps.max() <= 1.0
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
     with torch.no_grad():
         direct = model.anomaly_map(images).numpy()
     np.testing.assert_allclose(maps, direct, atol=1e-5)  # batch size does not change the maps
@@ -104,7 +104,7 @@ def test_bf16_precision_runs_the_head_in_bf16_and_stays_close(tiny: tuple[MemSeg
     finally:
         hook.remove()
     assert seen == [torch.float32, torch.bfloat16]
-    assert bf16.dtype == np.float32 and 0.0 <= bf16.min() and bf16.max() <= 1.0
+    assert bf16.dtype == np.float32 and bf16.min() >= 0.0 and bf16.max() <= 1.0
     assert np.abs(bf16 - fp32).max() < 0.01  # measured ~2e-3 here
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
         predict_maps(model, images, batch_size=4, precision="fp16")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from memseg.config import LossConfig, MemSegConfig, resolve_for_category
 from memseg.loss import MemSegLoss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from memseg.model.memory_bank import MemoryBank, MemoryNotBuiltError
 from memseg.model.spatial_attention import spatial_attention

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import mlflow
-
-from memseg.config import MemSegConfig, resolve_for_category  # noqa: E402
-from memseg.inference import load_checkpoint, predict  # noqa: E402
-from memseg.model import create_model  # noqa: E402
-from memseg.training.checkpoint import save_model  # noqa: E402
-from pipelines import pyfunc_model as pm  # noqa: E402
+from memseg.config import MemSegConfig, resolve_for_category
+from memseg.inference import load_checkpoint, predict
+from memseg.model import create_model
+from memseg.training.checkpoint import save_model
+from pipelines import pyfunc_model as pm
 
 
 @pytest.fixture(scope="module")
