@@ -43,6 +43,14 @@ class DataConfig(_Section):
     val_anomalies_per_image: int = Field(
         2, ge=1, le=16, description="Synthetic anomalies made (fixed seed) from each validation image."
     )
+    val_anomaly_source: Literal["training_synthesis", "held_out"] = Field(
+        "training_synthesis",
+        description="Where the validation anomalies come from: 'training_synthesis' = the training-time "
+        "synthesis (Perlin mask, texture/structure source, blending); 'held_out' = a defect painter the "
+        "training synthesis never produces (polygon/ellipse/band masks: shading ramps, smears, colour casts, "
+        "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
+        "checkpoint and trial selection do not reward fitting the training synthesis.",
+    )
     dtd_root: str | None = Field(
         None, description="DTD root (holding images/<class>/*.jpg); None = procedural textures."
     )
@@ -167,9 +175,6 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Seed of model init, synthesis and data order.")
     output_dir: str = Field("runs/train", description="Checkpoints and logs go here.")
     log_interval: int = Field(10, ge=1, description="Progress/loss log every this many steps.")
-    fail_at_step: int | None = Field(
-        None, ge=0, description="Fault injection for tests: raise at this step (only when set)."
-    )
 
 
 class EvalConfig(_Section):

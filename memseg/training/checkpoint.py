@@ -32,6 +32,9 @@ BEST_MODEL_FILE = "best_model.pt"
 TRAIN_STATE_FILE = "train_state.pt"
 HEATMAP_DIR = "heatmaps"
 LATEST_DIR = "latest"
+# Config fields that checkpoints written by earlier versions may hold and this version dropped; they
+# never changed the trained weights, so such a checkpoint still loads without them.
+RETIRED_CONFIG_FIELDS = (("train", "fail_at_step"),)
 
 
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -68,7 +71,7 @@ def _load(path: Path, what: str) -> dict[str, Any]:
         raise CheckpointError(msg)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
+    except Exception as exc:  # any unpickling failure means "not a usable checkpoint"
         msg = f"{path}: cannot read {what} ({type(exc).__name__}: {exc})"
         raise CheckpointError(msg) from exc
     if not isinstance(payload, dict):
@@ -96,10 +99,16 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_payload(payload: Mapping[str, Any], path: str | Path = "<checkpoint>") -> MemSegConfig:
-    """The :class:`MemSegConfig` stored in a model payload."""
+    """The :class:`MemSegConfig` stored in a model payload (fields in ``RETIRED_CONFIG_FIELDS`` ignored)."""
+    tree = payload["config"]
+    if isinstance(tree, Mapping):
+        tree = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+        for section, name in RETIRED_CONFIG_FIELDS:
+            if isinstance(tree.get(section), dict):
+                tree[section].pop(name, None)
     try:
-        return MemSegConfig.model_validate(payload["config"])
-    except Exception as exc:  # noqa: BLE001 - pydantic's error, re-raised naming the file
+        return MemSegConfig.model_validate(tree)
+    except Exception as exc:  # pydantic's error, re-raised naming the file
         msg = f"{path}: stored config is invalid ({exc})"
         raise CheckpointError(msg) from exc
 

@@ -54,7 +54,7 @@ from memseg.data.datasets import (
 from memseg.errors import CheckpointError, TrainingDivergedError
 from memseg.metrics import keys
 from memseg.training import checkpoint as ckpt
-from memseg.training.callbacks import TrainingCallback
+from memseg.training.callbacks import StepHook, TrainBeginHook, TrainingCallback
 from memseg.training.console import TrainProgress
 from memseg.training.schedule import create_optimizer, create_scheduler
 from memseg.training.seeding import rng_state, seed_everything, set_num_threads, set_rng_state
@@ -65,7 +65,7 @@ CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 # Config fields that may differ between a run and its resumption without changing what is trained.
-_RESUME_FREE_FIELDS = ("train.output_dir", "train.fail_at_step", "train.device", "data.num_workers", "data.root")
+_RESUME_FREE_FIELDS = ("train.output_dir", "train.device", "data.num_workers", "data.root")
 
 
 @dataclass
@@ -206,11 +206,7 @@ class _Divergence:
 
 
 def _check_resume_config(cfg: MemSegConfig, stored: dict[str, Any], path: Path) -> None:
-    try:
-        stored_cfg = MemSegConfig.model_validate(stored)
-    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
-        msg = f"{path}: stored config is invalid ({exc})"
-        raise CheckpointError(msg) from exc
+    stored_cfg = ckpt.config_from_payload({"config": stored}, path)
     now, then = cfg.flatten(), stored_cfg.flatten()
     differ = sorted(k for k in now if now[k] != then.get(k) and k not in _RESUME_FREE_FIELDS)
     model_keys = [k for k in differ if k.startswith(("model.", "data.image_size", "data.category"))]
@@ -289,8 +285,6 @@ def fit(
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (the message names the step and the
             loss parts).
-        RuntimeError: ``train.fail_at_step`` was reached (fault injection; only in a run that was
-            not resumed, so that a restarted trial gets past it).
         DatasetLayoutError, ConfigError, CheckpointError: bad data, config or checkpoint.
     """
     started = time.perf_counter()
@@ -339,7 +333,6 @@ def fit(
     best_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
     train_log: list[dict[str, float]] = []
-    resumed = resume_from is not None
     if source is not None:
         payload = ckpt.load_model_file(source / ckpt.MODEL_FILE)
         _check_resume_config(cfg, payload["config"], source / ckpt.MODEL_FILE)
@@ -422,6 +415,10 @@ def fit(
         for callback in callbacks:
             callback.on_eval(step, dict(metrics), checkpoint_dir)
 
+    step_hooks = [cb for cb in callbacks if isinstance(cb, StepHook)]
+    for callback in callbacks:
+        if isinstance(callback, TrainBeginHook):
+            callback.on_train_begin(step)
     bar = TrainProgress(cfg.train.steps, initial=step, enabled=progress)
     loader_iter = None
     try:
@@ -432,9 +429,8 @@ def fit(
             loader_iter = iter(loader)
         model.train()
         while step < cfg.train.steps:
-            if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and not resumed:
-                msg = f"train.fail_at_step={cfg.train.fail_at_step}: injected failure at step {step}"
-                raise RuntimeError(msg)
+            for hook in step_hooks:
+                hook.on_step(step)
             images, masks = next(loader_iter)
             total, parts = training_step(
                 model, criterion, optimizer, scheduler, images, masks, device,

@@ -203,6 +203,22 @@ def test_checkpoint_errors_name_the_file(tiny: tuple[MemSeg, MemSegConfig], tmp_
         load_checkpoint(unsafe)
 
 
+def test_checkpoint_written_with_a_retired_config_field_still_loads(
+    tiny: tuple[MemSeg, MemSegConfig], tmp_path: Path
+) -> None:
+    model, cfg = tiny
+    payload = _payload(model, cfg)
+    payload["config"]["train"]["fail_at_step"] = None  # what earlier versions stored
+    torch.save(payload, tmp_path / "earlier.pt")
+    _, loaded_cfg = load_checkpoint(tmp_path / "earlier.pt")
+    assert loaded_cfg == cfg
+    # Any other unknown field is still an error naming the file.
+    payload["config"]["train"]["not_a_field"] = 1
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match=r"(?s)unknown.pt: stored config is invalid.*train.not_a_field"):
+        load_checkpoint(tmp_path / "unknown.pt")
+
+
 # ---- prediction -----------------------------------------------------------------------------------
 
 

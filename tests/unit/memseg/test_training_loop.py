@@ -1,4 +1,4 @@
-"""fit(): checkpoints, callbacks, divergence, fault injection, resume (tiny 64 px runs on the CPU)."""
+"""fit(): checkpoints, callbacks and their hooks, divergence, resume after a failure (tiny 64 px runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from memseg.config import MemSegConfig
 from memseg.errors import CheckpointError, TrainingDivergedError
 from memseg.metrics import keys
-from memseg.training import FitResult, TrainingCallback, fit
+from memseg.training import Callback, FitResult, TrainingCallback, fit
 from memseg.training.checkpoint import (
     BEST_MODEL_FILE,
     HEATMAP_DIR,
@@ -59,6 +59,24 @@ class Recorder:
         state = torch.load(checkpoint_dir / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
         assert state["step"] == step
         self.calls.append((step, dict(metrics), files))
+
+
+class FailAt(Callback):
+    """A test-only fault: raises at the start of step ``fail_at`` unless the run was resumed."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at = fail_at
+        self.begins: list[int] = []
+        self.steps: list[int] = []
+
+    def on_train_begin(self, start_step: int) -> None:
+        self.begins.append(start_step)
+
+    def on_step(self, step: int) -> None:
+        self.steps.append(step)
+        if step == self.fail_at and self.begins[-1] == 0:
+            msg = f"injected failure at step {step}"
+            raise RuntimeError(msg)
 
 
 @pytest.mark.usefixtures("torch_threads")
@@ -120,20 +138,26 @@ def test_non_finite_loss_stops_training_naming_the_step(synthetic_root: Path, tm
 
 
 @pytest.mark.usefixtures("torch_threads")
-def test_fail_at_step_raises_and_resume_matches_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path) -> None:
+def test_a_failing_callback_stops_the_run_and_resume_matches_an_uninterrupted_run(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     full = fit(_cfg(synthetic_root, tmp_path / "full"), progress=False, evaluate_test=False)
 
-    crashing = _cfg(synthetic_root, tmp_path / "crash", **{"train.fail_at_step": 3})
-    with pytest.raises(RuntimeError, match="fail_at_step=3"):
-        fit(crashing, progress=False, evaluate_test=False)
+    crashing = _cfg(synthetic_root, tmp_path / "crash")
+    fault = FailAt(3)
+    with pytest.raises(RuntimeError, match="injected failure at step 3"):
+        fit(crashing, callbacks=[fault], progress=False, evaluate_test=False)
+    assert fault.begins == [0] and fault.steps == [0, 1, 2, 3]  # hooks: once at the start, then every step
     latest = tmp_path / "crash" / "checkpoints" / "latest"
     assert load_train_state(latest / TRAIN_STATE_FILE)["step"] == 3  # the eval at step 3 ran first
 
-    recorder = Recorder()
-    resumed = fit(crashing, resume_from=latest, callbacks=[recorder], progress=False, evaluate_test=False)
+    recorder = Recorder()  # on_eval only: a callback without the optional hooks still works
+    resumed = fit(crashing, resume_from=latest, callbacks=[recorder, fault], progress=False, evaluate_test=False)
+    assert fault.begins == [0, 3] and fault.steps[4:] == [3, 4, 5]  # told where the resumed run starts
     assert [c[0] for c in recorder.calls] == [6]  # continued at the saved step, no re-run of 1-3
     assert [h[keys.STEP] for h in resumed.history] == [3, 6]
     assert [e[keys.STEP] for e in resumed.train_log] == [1, 2, 3, 4, 5, 6]
+    assert "train.fail_at_step" not in resumed.config.flatten()  # fault injection is no config field
 
     # Same weights, optimizer state and metrics as the run that never stopped.
     a = load_model_file(full.checkpoint_dir / MODEL_FILE)["state_dict"]
