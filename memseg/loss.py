@@ -1,16 +1,16 @@
-"""The MemSeg training loss: weighted L1 + focal loss on the softmax output (spec section 3).
+"""The MemSeg training loss: weighted L1 + focal loss on the softmax output (docs/model.md, "Loss").
 
 ``total = l1_weight * L1 + focal_weight * focal``, both on ``p = softmax(logits)`` computed once
-(the [TT] bug of a second softmax inside the focal term is not repeated), in float32.
+(no second softmax inside the focal term, a bug older reimplementations had), in float32.
 
-Focal term, as [OFF]'s ``loss_fun.FocalLoss`` (Hsuxu's probability-input focal loss), per pixel with
+Focal term, as the authors' ``loss_fun.FocalLoss`` (Hsuxu's probability-input focal loss), per pixel with
 target class ``t`` in {0, 1} and ``s = label_smoothing``, C = 2 classes:
 
 * smoothed one-hot ``y_c = clamp(onehot(t)_c, s / (C - 1), 1 - s)``, i.e. ``1 - s`` for the target
   class and ``s`` for the other;
 * ``p_t = sum_c y_c * p_c + s`` (the added ``s`` keeps ``log`` finite; ``p_t`` lies in ``[2s, 1]``);
 * ``focal = -alpha_t * (1 - p_t)^gamma * log(p_t)``, ``alpha = [focal_alpha_normal,
-  focal_alpha_anomaly]`` indexed by the target class ([OFF]'s default alpha is ``[1, 1.2]``, not
+  focal_alpha_anomaly]`` indexed by the target class (the authors' default alpha is ``[1, 1.2]``, not
   normalised);
 * averaged over all pixels of the batch.
 
@@ -28,6 +28,8 @@ from memseg.config import LossConfig
 
 class MemSegLoss(nn.Module):
     """L1 + focal loss for the 2-class MemSeg logits."""
+
+    alpha: Tensor
 
     def __init__(self, cfg: LossConfig) -> None:
         """Take weights, gamma, alpha and smoothing from ``cfg`` (the ``loss`` config section)."""
@@ -72,10 +74,7 @@ class MemSegLoss(nn.Module):
         # With C = 2 the clamp [s/(C-1), 1-s] puts 1-s on the target class and s on the other.
         p_target = torch.where(anomalous, prob[:, 1], prob[:, 0])
         p_other = torch.where(anomalous, prob[:, 0], prob[:, 1])
-        if s > 0:
-            pt = (1.0 - s) * p_target + s * p_other + s
-        else:
-            pt = p_target
+        pt = (1.0 - s) * p_target + s * p_other + s if s > 0 else p_target
         alpha = self.alpha.to(prob.device)[anomalous.long()]
         # 1 - pt >= 0 mathematically; the clamp keeps rounding from feeding a negative base to a
         # fractional gamma.

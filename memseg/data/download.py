@@ -1,4 +1,4 @@
-"""Downloading and unpacking the datasets: MVTec AD (spec section 8) and DTD (spec section 2.2).
+"""Downloading and unpacking the datasets: MVTec AD and DTD (the texture source of the anomaly synthesis).
 
 The official URLs and SHA-256 sums live here and nowhere else (the same values anomalib pins).
 Downloads go to ``<dest>.part`` first and resume from where they stopped with an HTTP ``Range``
@@ -20,6 +20,8 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
+
+from tqdm import tqdm
 
 from memseg.data.categories import CATEGORIES
 from memseg.data.mvtec import check_layout
@@ -264,7 +266,7 @@ def _fetch_http(url: str, part: Path, progress: bool) -> None:
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)  # noqa: S310 - scheme checked above
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)  # the scheme is checked above
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             # Range starts at or past the end: the partial file is complete (or stale) on this server.
@@ -297,8 +299,6 @@ def _content_range_total(header: str | None) -> int | None:
 def _copy(src: BinaryIO, dst: BinaryIO, done: int, total: int | None, url: str, progress: bool) -> None:
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=Path(url).name, file=sys.stderr)
     try:
         while chunk := src.read(_CHUNK):

@@ -1,4 +1,4 @@
-"""MVTec AD reader: the official folder layout, its check, and image/mask decoding (spec section 8).
+"""MVTec AD reader: the official folder layout, its check, and image/mask decoding.
 
 Layout of one category (``<root>/<category>/``)::
 
@@ -175,14 +175,14 @@ def _decode(path: Path) -> np.ndarray:
     if not path.is_file():
         msg = f"{path}: image file does not exist"
         raise ImageReadError(msg)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    raw: np.ndarray | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.size == 0:
         msg = f"{path}: cannot decode image (unreadable or corrupt file)"
         raise ImageReadError(msg)
     if raw.dtype == np.uint16:
         raw = (raw >> 8).astype(np.uint8)
     elif raw.dtype != np.uint8:
-        raw = cv2.normalize(raw, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        raw = cv2.normalize(raw, np.empty_like(raw), 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     return raw
 
 

@@ -1,4 +1,4 @@
-"""Memory / training / validation split of ``train/good`` (spec sections 1.3 and 4; architecture "Decisions").
+"""Memory / training / validation split of ``train/good`` (docs/model.md, "Validation and selection").
 
 The authors hold the N memory images out of training: the first N by filename
 (``model.memory_selection=first``) or a seeded draw (``random``). A validation split is then drawn

@@ -1,4 +1,4 @@
-"""A generated stand-in for MVTec AD: the official layout and the 15 category names (spec section 8).
+"""A generated stand-in for MVTec AD: the official layout and the 15 category names.
 
 It is the embedded default dataset for demos, CI and tests (``memseg data synth``). What it must
 show, and how:
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from memseg.data.categories import CATEGORIES, GRAYSCALE
 from memseg.errors import ConfigError, DatasetLayoutError
@@ -131,6 +132,7 @@ def _write_category(
         kind = spec.defects[i % len(spec.defects)]
         rng = np.random.default_rng([seed, cat_id, _SPLIT_IDS["test_defect"], i])
         image, mask = _make_image(spec, size, rng, defect=kind)
+        assert mask is not None  # a defect image always comes with its mask
         name = f"{per_type[kind]:03d}"
         per_type[kind] += 1
         (cat_dir / "test" / kind).mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ def _make_image(
     elif defect is not None:
         image, mask = _surface_defect(spec, defect, clean, fg, rng)
     image = _photometric(image, rng)
-    u8 = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    u8: np.ndarray = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if spec.gray:
         u8 = cv2.cvtColor(u8, cv2.COLOR_RGB2GRAY)
     return u8, mask
@@ -336,7 +338,7 @@ class _Pose:
         return _Pose(self.size, self.cx + fix[0], self.cy + fix[1], turned.angle_deg, self.scale)
 
 
-def _fx(v: np.ndarray | float) -> np.ndarray:
+def _fx(v: ArrayLike) -> np.ndarray:
     return np.round(np.asarray(v) * (1 << _FX)).astype(np.int32)
 
 
@@ -351,7 +353,7 @@ class _Canvas:
         self.size = background.shape[0]
 
     # coverage masks, float32 (H, W) in [0, 1], anti-aliased
-    def _cover(self, draw: Callable[[np.ndarray], None]) -> np.ndarray:
+    def _cover(self, draw: Callable[[np.ndarray], object]) -> np.ndarray:
         m = np.zeros((self.size, self.size), np.uint8)
         draw(m)
         return m.astype(np.float32) / 255.0
@@ -528,13 +530,12 @@ def _draw_cable(c: _Canvas, rng: np.random.Generator, part: _Part | None) -> Non
     colours = [np.array(v, np.float32) for v in ((0.30, 0.58, 0.22), (0.20, 0.32, 0.68), (0.50, 0.31, 0.16))]
     colours = [col * rng.uniform(0.95, 1.05) for col in colours]
     angles = np.deg2rad(np.array([270.0, 30.0, 150.0]) + rng.normal(0, 3, 3))
-    p = part.rng() if part is not None else None
     missing = -1
     if part is not None and part.kind == "misplaced":  # two wires swapped
-        i, j = p.choice(3, size=2, replace=False)
+        i, j = part.rng().choice(3, size=2, replace=False)
         colours[i], colours[j] = colours[j], colours[i]
     elif part is not None and part.kind == "missing":  # one wire's copper core gone
-        missing = int(p.integers(3))
+        missing = int(part.rng().integers(3))
     c.circle((0, 0), 0.44, c.radial((0, 0), 0.44, (0.80, 0.80, 0.82), (0.68, 0.68, 0.70)))
     c.circle((0, 0), 0.36, (0.28, 0.28, 0.29))
     copper = np.array([0.85, 0.55, 0.28], np.float32)
@@ -614,7 +615,7 @@ def _draw_pill(c: _Canvas, rng: np.random.Generator, part: _Part | None) -> None
     c.paint(speckles, (0.72, 0.22, 0.16))
     f = np.array([(0.02, -0.05), (-0.02, -0.05), (-0.02, 0.05)])
     bar = np.array([(-0.02, 0.0), (0.012, 0.0)])
-    strokes = [s + (dx, 0) for dx in (-0.035, 0.035) for s in (f, bar)]
+    strokes = [s + np.array((dx, 0.0)) for dx in (-0.035, 0.035) for s in (f, bar)]
     c.stroke(strokes, 0.012, (0.55, 0.47, 0.42))
 
 
@@ -718,8 +719,8 @@ _LIGHT_INKS = np.array([(0.92, 0.88, 0.70), (0.75, 0.90, 0.75), (0.95, 0.95, 0.9
 
 def _pick(allowed: np.ndarray, rng: np.random.Generator, margin: float) -> np.ndarray:
     """A random point (x, y) in pixels inside ``allowed``, at least ``margin`` pixels from its edge if possible."""
-    m = (allowed > 0.5).astype(np.uint8)
-    k = int(round(margin))
+    m: np.ndarray = (allowed > 0.5).astype(np.uint8)
+    k = round(margin)
     if k >= 1:
         eroded = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
         if eroded.any():

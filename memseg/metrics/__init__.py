@@ -1,4 +1,4 @@
-"""Evaluation metrics (spec section 4): AUROC, AUPRO@0.3, F1-max, top-k image scores.
+"""Evaluation metrics (docs/model.md, "Evaluation and scoring"): AUROC, AUPRO@0.3, F1-max, top-k image scores.
 
 Pure NumPy (plus OpenCV for connected components); metric names live in :mod:`memseg.metrics.keys`.
 """

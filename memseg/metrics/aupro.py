@@ -1,7 +1,7 @@
-"""AUPRO: area under the per-region-overlap curve up to a false positive rate limit (spec section 4).
+"""AUPRO: area under the per-region-overlap curve up to a false positive rate limit.
 
 The standard MVTec AD definition (Bergmann et al.), with the usual 0.3 limit, NOT the full-range
-variant of the public reimplementation (spec 7.2, item 8):
+variant of the TooTouch reimplementation (docs/model.md, "Evaluation and scoring"):
 
 - every 8-connected component of every ground-truth mask is one region;
 - at a threshold t, PRO(t) is the mean, over all regions of all images, of the share of the

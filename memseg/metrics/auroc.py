@@ -1,4 +1,4 @@
-"""Area under the ROC curve, image- and pixel-level (spec section 4), plus the ranking core.
+"""Area under the ROC curve, image- and pixel-level, plus the ranking core.
 
 Every threshold metric here (ROC AUC, F1-max, AUPRO) needs the same thing: the items sorted by
 score, highest first, with tied scores grouped. :func:`rank` does that once and exactly:

@@ -1,6 +1,6 @@
 """F1-max: the best F1 over all thresholds of the precision-recall curve (image- or pixel-level).
 
-Not in the paper (spec section 4 reports AUROC only) but the usual companion of AUROC in anomaly
+Not in the paper (which reports AUROC only) but the usual companion of AUROC in anomaly
 detection benchmarks, and its threshold is a sensible starting point for ``memseg predict
 --threshold``. At the threshold of tie group g (score >= threshold is anomalous) with cumulative
 counts TP_g, FP_g and P positives overall: F1_g = 2 TP_g / (TP_g + FP_g + P), which is the
@@ -30,7 +30,7 @@ def f1_from_ranking(ranking: Ranking, positive: np.ndarray) -> tuple[float, floa
     Raises:
         ValueError: when there are no positive items (F1 is undefined).
     """
-    fps, tps, ends = roc_counts(ranking, positive)
+    _, tps, ends = roc_counts(ranking, positive)
     n_pos = int(tps[-1]) if tps.size else 0
     if n_pos == 0:
         msg = f"F1 is undefined: no anomalous samples among {ranking.size}"

@@ -1,6 +1,6 @@
-"""Image scores and the full metric set of one evaluation, overall and per defect type (spec section 4).
+"""Image scores and the full metric set of one evaluation, overall and per defect type.
 
-Image score: the mean of the ``top_k`` highest pixels of the anomaly map (paper and [OFF]: top 100).
+Image score: the mean of the ``top_k`` highest pixels of the anomaly map (the paper and the authors' code: top 100).
 :func:`compute_metrics` ranks all pixels ONCE (one sort, region ids as payload) and derives pixel
 AUROC, pixel F1-max and AUPRO from that ranking, overall and for every defect type's subset
 (subsets keep the global order, so they need no new sort).
@@ -16,7 +16,7 @@ import numpy as np
 
 from memseg.metrics import keys
 from memseg.metrics.aupro import Regions, as_mask_stack, check_fpr_limit, integrate_to, label_regions, pro_curve
-from memseg.metrics.auroc import Ranking, as_numpy, auc_from_counts, check_binary, rank, roc_counts
+from memseg.metrics.auroc import Ranking, auc_from_counts, check_binary, rank, roc_counts
 from memseg.metrics.f1 import f1_from_ranking
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The MemSeg network (spec section 1): build it with :func:`create_model`."""
+"""The MemSeg network (docs/model.md): build it with :func:`create_model`."""
 
 from memseg.model.factory import create_model
 from memseg.model.memory_bank import MemoryBank, MemoryComparison, MemoryNotBuiltError

@@ -1,7 +1,8 @@
-"""Coordinate attention (Hou et al., CVPR 2021) as used in MemSeg's MSFF (spec 1.5, step 2).
+"""Coordinate attention (Hou et al., CVPR 2021) as used in MemSeg's MSFF.
 
-[OFF]'s ``CoordAtt`` returns only the attention weights ``a_h * a_w``; the caller multiplies them
-into the conv branch (the [TT] version multiplies by the input as well, a deviation).
+The authors' ``CoordAtt`` returns only the attention weights ``a_h * a_w``; the caller multiplies
+them into the conv branch (the TooTouch reimplementation multiplies by the input as well, which the
+authors' code does not). See docs/model.md, "Multi-scale feature fusion".
 """
 
 from __future__ import annotations

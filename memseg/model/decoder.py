@@ -1,4 +1,4 @@
-"""The 5-stage U-Net decoder of [OFF] (spec 1.6).
+"""The authors' 5-stage U-Net decoder (docs/model.md, "Decoder").
 
 "up" = bilinear x2 (``align_corners=True``) + conv3x3 + BN + ReLU; "db" = two conv3x3 + BN + ReLU.
 For ResNet18 and a 256 px input:
@@ -14,7 +14,7 @@ final conv 24->24 + BN + ReLU, conv 24->2 (logits)            2@256
 ====  =====================================================  ============
 
 The deep stages take their widths from the skips (so other ResNets work); the last three widths
-(32, 48, 24) are [OFF]'s constants. [OFF]'s unused SE and "shortcut" convs are left out.
+(32, 48, 24) are the authors' constants. Their unused SE and "shortcut" convs are left out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from memseg.model.msff import UpConv, conv_bn_relu
 
-# [OFF]'s widths of the two full-resolution stages.
+# The authors' widths of the two full-resolution stages.
 UP4_CHANNELS = 32
 DB4_CHANNELS = 48
 DB5_CHANNELS = 24

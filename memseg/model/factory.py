@@ -1,4 +1,4 @@
-"""The single entry point that builds a MemSeg from the config (spec section 1)."""
+"""The single entry point that builds a MemSeg from the config."""
 
 from __future__ import annotations
 

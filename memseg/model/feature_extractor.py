@@ -1,4 +1,4 @@
-"""The frozen, always-eval backbone feature extractor (spec 1.2, the [OFF] ``Get_feature`` network).
+"""The frozen, always-eval backbone feature extractor (the authors' ``Get_feature`` network).
 
 It supplies the stem output taken at ``bn1`` (after BN, before ReLU: ``(B, 64, H/2, W/2)`` for
 ResNet18) and the outputs of layer1, layer2 and layer3. These feed the memory comparison and the
@@ -10,17 +10,19 @@ This module also builds the timm backbone (:func:`create_backbone`) with the wei
 ``model.backbone_weights`` asks for: ``imagenet`` (timm's pretrained weights, from the local Hugging
 Face cache or the hub), ``none`` (random, built with ``zero_init_last=False``) or a weights file.
 Channels and reductions are read from timm's ``feature_info``, never hard-coded.
+See docs/model.md, "Encoder".
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from memseg.errors import ConfigError
@@ -114,8 +116,6 @@ def load_weights_file(model: nn.Module, path: Path) -> None:
         raise ConfigError(msg)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # local: only this branch needs it
-
             loaded: Any = load_file(str(path))
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -148,6 +148,19 @@ def load_weights_file(model: nn.Module, path: Path) -> None:
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
+def feature_info(backbone: nn.Module) -> list[Mapping[str, Any]]:
+    """timm's ``feature_info`` of a backbone: one ``{"module", "num_chs", "reduction"}`` entry per stage.
+
+    Raises:
+        ConfigError: naming ``model.backbone`` when the model has no such list.
+    """
+    info = getattr(backbone, "feature_info", None)
+    if not isinstance(info, Sequence) or not all(isinstance(entry, Mapping) for entry in info):
+        msg = f"model.backbone: {type(backbone).__name__} has no timm feature_info list"
+        raise ConfigError(msg)
+    return list(info)
+
+
 def _unwrap_state_dict(loaded: Any) -> dict[str, Tensor] | None:
     """The flat ``{key: tensor}`` dict inside common checkpoint wrappers, ``module.`` prefix removed."""
     if isinstance(loaded, Mapping):
@@ -173,7 +186,7 @@ class FrozenFeatureExtractor(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         """Take the stem and layer1..3 of ``backbone`` (a timm ResNet from :func:`create_backbone`)."""
         super().__init__()
-        info = {entry["module"]: entry for entry in backbone.feature_info}
+        info = {entry["module"]: entry for entry in feature_info(backbone)}
         try:
             self.stem_channels: int = int(info["act1"]["num_chs"])
             self.stem_reduction: int = int(info["act1"]["reduction"])
@@ -182,18 +195,18 @@ class FrozenFeatureExtractor(nn.Module):
         except KeyError as exc:
             msg = f"model.backbone: feature_info lacks {exc} (need act1, layer1..layer3)"
             raise ConfigError(msg) from exc
-        self.conv1 = backbone.conv1
-        self.bn1 = backbone.bn1
-        self.act1 = backbone.act1
-        self.maxpool = backbone.maxpool
-        self.layer1 = backbone.layer1
-        self.layer2 = backbone.layer2
-        self.layer3 = backbone.layer3
+        self.conv1 = backbone.get_submodule("conv1")
+        self.bn1 = backbone.get_submodule("bn1")
+        self.act1 = backbone.get_submodule("act1")
+        self.maxpool = backbone.get_submodule("maxpool")
+        self.layer1 = backbone.get_submodule("layer1")
+        self.layer2 = backbone.get_submodule("layer2")
+        self.layer3 = backbone.get_submodule("layer3")
         for param in self.parameters():
             param.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> Self:  # noqa: ARG002 - the mode is ignored on purpose
+    def train(self, mode: bool = True) -> Self:
         """Stay in eval mode: BN running statistics must match the ones the memory was built with."""
         return super().train(False)
 

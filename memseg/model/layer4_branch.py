@@ -1,12 +1,13 @@
-"""The trainable layer4 branch that feeds the decoder (spec 1.2 and 1.7).
+"""The trainable layer4 branch that feeds the decoder.
 
-Decision: [OFF] runs a second, complete ResNet18 (``Encoder``) whose only trainable part is layer4,
-end to end from the image. Here the frozen extractor's layer3 output is fed into a trainable copy of
-layer4 initialised from the same backbone weights. The stem and layers 1-3 of [OFF]'s second ResNet
-are frozen copies of the extractor's, so in eval mode the result is identical to [OFF]; it costs half
-the backbone compute, and the frozen BN layers of the second copy cannot drift in train mode (in
-[OFF] they would switch to batch statistics under ``model.train()``). Only layer4's own BN layers
-follow ``train()``/``eval()``, as they do in [OFF].
+Decision: the authors' code runs a second, complete ResNet18 (``Encoder``) whose only trainable part
+is layer4, end to end from the image. Here the frozen extractor's layer3 output is fed into a
+trainable copy of layer4 initialised from the same backbone weights. The stem and layers 1-3 of the
+authors' second ResNet are frozen copies of the extractor's, so in eval mode the result is identical
+to theirs; it costs half the backbone compute, and the frozen BN layers of the second copy cannot
+drift in train mode (in the authors' code they switch to batch statistics under ``model.train()``).
+Only layer4's own BN layers follow ``train()``/``eval()``, as they do there. See docs/model.md,
+"Deviations from the authors' code".
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import copy
 
 from torch import Tensor, nn
+
+from memseg.model.feature_extractor import feature_info
 
 
 class Layer4Branch(nn.Module):
@@ -26,9 +29,9 @@ class Layer4Branch(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         """Copy ``backbone.layer4`` (with its current weights) and make it trainable."""
         super().__init__()
-        info = {entry["module"]: entry for entry in backbone.feature_info}
+        info = {entry["module"]: entry for entry in feature_info(backbone)}
         self.out_channels: int = int(info["layer4"]["num_chs"])
-        self.layer4 = copy.deepcopy(backbone.layer4)
+        self.layer4 = copy.deepcopy(backbone.get_submodule("layer4"))
         for param in self.layer4.parameters():
             param.requires_grad_(True)
 

@@ -1,18 +1,19 @@
-"""The memory module: N normal samples' features and the per-level difference to them (spec 1.3).
+"""The memory module: N normal samples' features and the per-level difference to them.
 
-Following [OFF]: the layer1..layer3 features of the input and of every memory sample are smoothed
+Following the authors' code: the layer1..layer3 features of the input and of every memory sample are smoothed
 with ``AvgPool2d(3, stride 1, padding 1)`` (``model.memory_pooling``); for each level separately the
 memory sample with the smallest L1 distance (``sum |pooled input - memory|`` over C x H x W) is picked
 (``model.per_level_selection``; when off, one sample for all levels, by the smallest sum of the three
 per-level distances); ``DI_k = diff_scale * |pooled input_k - selected memory_k|`` element-wise, and
 ``CI_k = concat(feature_scale * raw input_k, DI_k)`` with the raw (un-pooled) features.
 
-[OFF] loops in Python over images x levels x memory samples; here the distances of the whole batch to
+The authors loop in Python over images x levels x memory samples; here the distances of the whole batch to
 the whole memory are one ``torch.cdist(p=1)`` per level (no ``(B, N, C, H, W)`` tensor is made).
 
 The memory features are registered buffers, so ``.to()``, ``state_dict()`` and checkpoints carry
 them; loading a state dict into a fresh, empty bank resizes the buffers. Everything is computed in
 float32, also under autocast: the distances sum ~10^5 terms and feed an unnormalised attention.
+See docs/model.md, "Memory module".
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memseg.errors import MemSegError
@@ -83,7 +84,7 @@ class MemoryBank(nn.Module):
     @property
     def size(self) -> int:
         """Number of memory samples N (0 before :meth:`build`)."""
-        return int(self.level1.shape[0])
+        return int(self.levels[0].shape[0])
 
     @property
     def is_built(self) -> bool:
@@ -186,8 +187,13 @@ class MemoryBank(nn.Module):
             key = f"{prefix}level{k}"
             incoming = state_dict.get(key)
             current = self._buffers[f"level{k}"]
-            fits = isinstance(incoming, Tensor) and incoming.ndim == 4 and incoming.shape[1] == self.channels[k - 1]
-            if fits and current is not None and incoming.shape != current.shape:
+            if (
+                isinstance(incoming, Tensor)
+                and incoming.ndim == 4
+                and incoming.shape[1] == self.channels[k - 1]
+                and current is not None
+                and incoming.shape != current.shape
+            ):
                 self._buffers[f"level{k}"] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

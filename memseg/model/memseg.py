@@ -1,4 +1,4 @@
-"""The MemSeg network (spec section 1, the authors' [OFF] structure; data flow in spec 1.1).
+"""The MemSeg network, built to the authors' code (docs/model.md describes every part).
 
 ``x`` in [0, 1] -> ImageNet normalisation (buffers) -> frozen extractor (stem at bn1, layer1..3)
 -> memory module (CI_k, DI_k) -> spatial attention M_k -> MSFF (x M_k) ; frozen layer3 -> trainable
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from memseg.config import ModelConfig
 from memseg.model.decoder import UNetDecoder
-from memseg.model.feature_extractor import FrozenFeatureExtractor
+from memseg.model.feature_extractor import FrozenFeatureExtractor, feature_info
 from memseg.model.layer4_branch import Layer4Branch
 from memseg.model.memory_bank import MemoryBank
 from memseg.model.msff import MultiScaleFeatureFusion
@@ -47,6 +47,9 @@ class MemSegOutputs(NamedTuple):
 
 class MemSeg(nn.Module):
     """MemSeg: memory-guided U-Net segmentation of surface defects."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, backbone: nn.Module, cfg: ModelConfig) -> None:
         """Assemble the network around a timm ResNet (see :func:`memseg.model.create_model`).
@@ -82,10 +85,10 @@ class MemSeg(nn.Module):
         init_head_weights(self.msff, cfg.head_init)
         init_head_weights(self.decoder, cfg.head_init)
         # Total stride of the network: the input must be divisible by it.
-        self.stride = int(backbone.feature_info[-1]["reduction"])
+        self.stride = int(feature_info(backbone)[-1]["reduction"])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters to optimise: layer4, MSFF and decoder (spec 1.7)."""
+        """The parameters to optimise: layer4, MSFF and decoder (the memory bank is not learned)."""
         return [p for m in (self.encoder, self.msff, self.decoder) for p in m.parameters()]
 
     def _normalise(self, x: Tensor) -> Tensor:

@@ -1,17 +1,18 @@
-"""Multi-scale feature fusion (MSFF) with coordinate attention, the [OFF] ``Aggregate`` (spec 1.5).
+"""Multi-scale feature fusion (MSFF) with coordinate attention, the authors' ``Aggregate`` module.
 
 Per level k with ``CI_k`` of ``C = 2 * C_k`` channels:
 conv3x3 C->C + BN + ReLU, multiplied by the coordinate-attention weights of ``CI_k``, then
 conv3x3 C->C/2 + BN + ReLU and conv3x3 C/2->C/2 + BN + ReLU. With ``model.msff_fusion`` the levels are
 fused top-down (``F_2 += UpConv(F_3)``, then ``F_1 += UpConv(F_2)``; UpConv = bilinear x2 with
 ``align_corners=True``, conv3x3, BN, ReLU). Each output is multiplied by its spatial attention map.
+See docs/model.md, "Multi-scale feature fusion".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memseg.model.coord_attention import CoordinateAttention
@@ -29,7 +30,7 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 class UpConv(nn.Module):
     """Bilinear upsampling (``align_corners=True``) to a given size, then conv3x3 + BN + ReLU.
 
-    [OFF] uses ``Upsample(scale_factor=2)``; upsampling to the skip's size is the same for inputs
+    The authors use ``Upsample(scale_factor=2)``; upsampling to the skip's size is the same for inputs
     divisible by 32 and keeps odd sizes from breaking the concatenation.
     """
 

@@ -1,7 +1,7 @@
-"""Spatial attention maps built from the memory differences (spec 1.4).
+"""Spatial attention maps built from the memory differences (docs/model.md, "Spatial attention").
 
 ``m_k = mean_c(DI_k)``; ``M_3 = m_3``, ``M_2 = m_2 * Up(m_3)``, ``M_1 = m_1 * Up(m_2) * Up(m_3)``,
-exactly as [OFF] computes them: every coarser map is upsampled straight to the target level's size
+exactly as the authors' code computes them: every coarser map is upsampled straight to the target level's size
 (bilinear, ``align_corners=False``) and multiplied in. (The paper's recursive form
 ``M_1 = m_1 * Up(M_2)`` differs only by interpolation rounding.) No normalisation and no sigmoid:
 ``model.diff_scale`` sets the gain.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+import torch.nn.functional as F
 from torch import Tensor
 
 

@@ -1,9 +1,9 @@
-"""Weight initialisation of the trainable heads (MSFF and decoder), spec 1.5 "Initialization".
+"""Weight initialisation of the trainable heads (MSFF and decoder).
 
 ``normal`` (``model.head_init``): conv weights N(0, 0.02) and conv biases 0, BN weights N(1, 0.02) and
-biases 0, the values [OFF]'s ``Init()`` names. Note that [OFF]'s ``Init()`` iterates its ``Sequential``
+biases 0, the values the authors' ``Init()`` names. Their ``Init()`` iterates its ``Sequential``
 containers rather than their modules, so it never matches a conv or BN and leaves PyTorch's default
-init in effect; ``default`` reproduces that.
+init in effect; ``default`` reproduces that. See docs/model.md, "Deviations from the authors' code".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training-time anomaly synthesis (spec section 2): Perlin masks, foreground masks, texture and
+"""Training-time anomaly synthesis (docs/model.md, "Anomaly synthesis"): Perlin masks, foreground masks, texture and
 structural sources, transparency blending, and the generator that combines them."""
 
 from memseg.synthesis.anomaly_generator import AnomalyGenerator, worker_rng

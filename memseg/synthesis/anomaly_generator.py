@@ -1,4 +1,4 @@
-"""Training-time anomaly synthesis: mask, source, blend (spec section 2).
+"""Training-time anomaly synthesis: mask, source, blend (docs/model.md, "Anomaly synthesis").
 
 One call turns a normal image into a synthetic anomalous one and its ground-truth mask:
 

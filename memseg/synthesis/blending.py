@@ -1,4 +1,4 @@
-"""Transparency blending of an anomaly source into a normal image (spec section 2.3).
+"""Transparency blending of an anomaly source into a normal image (docs/model.md, "Anomaly synthesis").
 
 ``I_A = (1 - M) * I + delta * (M * S) + (1 - delta) * (M * I)``: outside the mask the image is kept,
 inside it the source shows through with opacity ``delta``.

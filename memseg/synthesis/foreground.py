@@ -1,4 +1,4 @@
-"""Foreground masks M_I that keep synthetic anomalies on the object (spec section 2.1).
+"""Foreground masks M_I that keep synthetic anomalies on the object (docs/model.md, "Anomaly synthesis").
 
 The input image is converted to grayscale and binarised at a fixed per-category threshold with
 OpenCV ``THRESH_BINARY`` semantics (pixels ``> threshold`` are 1). When ``bright`` is True that set
@@ -68,7 +68,7 @@ def foreground_for(cfg: SynthesisConfig, category: str | None = None) -> Foregro
     """
     defaults = category_defaults(category) if category is not None else None
 
-    def pick(name: str) -> object:
+    def pick(name: str) -> int | bool:
         value = getattr(cfg, name)
         if value is None:
             if defaults is None:

@@ -1,4 +1,4 @@
-"""Perlin-noise anomaly masks (spec section 2.1, the DRAEM/TooTouch ``rand_perlin_2d_np`` recipe).
+"""Perlin-noise anomaly masks (the DRAEM/TooTouch ``rand_perlin_2d_np`` recipe; docs/model.md, "Anomaly synthesis").
 
 The noise is classic gradient Perlin noise: unit gradients on a ``(res_y + 1, res_x + 1)`` lattice,
 dot products with the offsets to the four surrounding lattice points, and quintic-fade
@@ -138,7 +138,7 @@ def draw_scales(rng: np.random.Generator, shape: tuple[int, int], cfg: Synthesis
 
 
 def perlin_mask(rng: np.random.Generator, shape: tuple[int, int], cfg: SynthesisConfig) -> np.ndarray:
-    """A binary Perlin anomaly mask M_p (spec 2.1).
+    """A binary Perlin anomaly mask M_p.
 
     Draws the per-axis scale (see :func:`draw_scales`), generates the noise, rotates it by
     ``U[-perlin_rotation_deg, +perlin_rotation_deg]`` degrees about the centre (linear

@@ -1,4 +1,4 @@
-"""The structural anomaly source: the image itself, jittered and grid-shuffled (spec section 2.2).
+"""The structural anomaly source: the image itself, jittered and grid-shuffled.
 
 Paper: "apply random mirror symmetry, rotation, brightness, saturation and hue changes to the input
 image, then split it uniformly into a 4x8 grid and shuffle the cells". (TooTouch instead applies 3
@@ -34,7 +34,7 @@ def jitter_colour(image_u8: np.ndarray, hue_shift: float, saturation: float, bri
     """
     levels = np.arange(256, dtype=np.float32)
     lut = np.empty((256, 1, 3), dtype=np.uint8)
-    shift = int(round(hue_shift * _HUE_STEPS))
+    shift = round(hue_shift * _HUE_STEPS)
     lut[:, 0, 0] = (np.arange(256) + shift) % _HUE_STEPS
     lut[:, 0, 1] = np.clip(np.rint(levels * saturation), 0, 255)
     lut[:, 0, 2] = np.clip(np.rint(levels * brightness), 0, 255)

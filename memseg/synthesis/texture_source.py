@@ -1,4 +1,4 @@
-"""Texture anomaly sources: DTD images, or procedural textures when no DTD is at hand (spec section 2.2).
+"""Texture anomaly sources: DTD images, or procedural textures when no DTD is at hand.
 
 The paper (and TooTouch) paste a random image of the Describable Textures Dataset (``dtd/images/
 <class>/*.jpg``), resized to the image size, with no colour augmentation. :class:`DTDTextureSource`

@@ -49,9 +49,13 @@ def env_reads_in(path: Path) -> set[str]:
     consts = _constants(tree)
     loops: dict[str, list[str]] = {}  # loop variable -> names it iterates over
     for node in ast.walk(tree):
-        if isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.target, ast.Name):
-            if isinstance(node.iter, ast.Name) and node.iter.id in consts:
-                loops[node.target.id] = consts[node.iter.id]
+        if (
+            isinstance(node, (ast.For, ast.comprehension))
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.iter, ast.Name)
+            and node.iter.id in consts
+        ):
+            loops[node.target.id] = consts[node.iter.id]
 
     def names(expr: ast.AST) -> list[str]:
         if isinstance(expr, ast.Constant) and isinstance(expr.value, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import cv2
@@ -101,7 +102,7 @@ def test_normal_images_vary_like_a_production_line(synthetic_root: Path) -> None
         images = [read_image(s.path, 64).astype(float) for s in list_category(synthetic_root, category).train[:6]]
         brightness = [im.mean() for im in images]
         assert np.ptp(brightness) > 1.0, category  # lighting gain differs
-        for a, b in zip(images, images[1:], strict=False):
+        for a, b in itertools.pairwise(images):
             assert np.abs(a - b).mean() > 1.0, category
 
 

@@ -1,4 +1,4 @@
-"""L1 + focal loss against hand computations (spec section 3)."""
+"""L1 + focal loss against hand computations (docs/model.md, "Loss")."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from memseg.loss import MemSegLoss
 from memseg.model import create_model
 
 # One 2x2 image. Anomaly probabilities p1 = softmax channel 1: 0.75, 0.5 / 0.25, 0.8.
-P1 = [[0.75, 0.5], [0.25, 0.8]]
+ANOMALY_PROBS = [[0.75, 0.5], [0.25, 0.8]]
 MASK = [[1.0, 0.0], [0.0, 1.0]]
 
 
 def _logits() -> torch.Tensor:
-    diff = torch.tensor([[math.log(p / (1 - p)) for p in row] for row in P1])
+    diff = torch.tensor([[math.log(p / (1 - p)) for p in row] for row in ANOMALY_PROBS])
     return torch.stack([torch.zeros(2, 2), diff])[None]  # (1, 2, 2, 2)
 
 
@@ -126,4 +126,4 @@ def test_gradient_steps_reduce_the_loss_on_a_fixed_batch() -> None:
         losses.append(total.item())
     with torch.no_grad():
         final, _ = loss_fn(model(images), mask)
-    assert final.item() < 0.8 * losses[0], losses + [final.item()]
+    assert final.item() < 0.8 * losses[0], [*losses, final.item()]

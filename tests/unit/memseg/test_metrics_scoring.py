@@ -82,7 +82,7 @@ def test_per_defect_type_uses_good_plus_that_type(defect: str) -> None:
 
 def test_undefined_metrics_are_left_out_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     maps, masks, _, _ = _test_set(2)
-    good = np.zeros(len(maps), dtype=int)  # a test set of normal images only (MemSeg issue #32)
+    good = np.zeros(len(maps), dtype=int)  # a custom test set of normal images only
     with caplog.at_level(logging.WARNING, logger="memseg.metrics.scoring"):
         metrics = compute_metrics(maps, np.zeros_like(masks), good, top_k=5, fpr_limit=0.3)
     assert metrics == {}

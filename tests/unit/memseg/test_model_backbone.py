@@ -1,4 +1,4 @@
-"""Backbone construction and the frozen feature extractor (spec 1.2)."""
+"""Backbone construction and the frozen feature extractor (docs/model.md, "Encoder")."""
 
 from __future__ import annotations
 

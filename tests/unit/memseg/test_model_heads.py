@@ -1,4 +1,4 @@
-"""Coordinate attention, MSFF, decoder and head init (spec 1.5, 1.6)."""
+"""Coordinate attention, MSFF, decoder and head init (docs/model.md, "Multi-scale feature fusion", "Decoder")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory module (spec 1.3) and spatial attention (spec 1.4)."""
+"""Memory module and spatial attention (docs/model.md, "Memory module", "Spatial attention")."""
 
 from __future__ import annotations
 

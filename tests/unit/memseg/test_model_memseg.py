@@ -1,4 +1,4 @@
-"""The assembled MemSeg network (spec section 1) and its factory."""
+"""The assembled MemSeg network and its factory."""
 
 from __future__ import annotations
 

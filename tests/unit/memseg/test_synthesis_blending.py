@@ -1,4 +1,4 @@
-"""Transparency blending (spec 2.3)."""
+"""Transparency blending (docs/model.md, "Anomaly synthesis")."""
 
 from __future__ import annotations
 

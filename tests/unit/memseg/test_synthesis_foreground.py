@@ -1,4 +1,4 @@
-"""Foreground masks per category (spec 2.1 table, THRESH_BINARY semantics)."""
+"""Foreground masks per category (the per-category thresholds, THRESH_BINARY semantics)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from memseg.data.categories import CATEGORIES, TEXTURES
 from memseg.errors import ConfigError
 from memseg.synthesis.foreground import ForegroundRule, foreground_for, foreground_mask
 
-# (category, threshold, bright) from the spec 2.1 table, with use_mask = yes.
+# (category, threshold, bright) of the categories with a foreground mask (docs/model.md, "Anomaly synthesis").
 MASKED = [
     ("bottle", 250, False),
     ("capsule", 120, False),

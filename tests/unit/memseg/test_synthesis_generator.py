@@ -1,4 +1,4 @@
-"""AnomalyGenerator end to end, and per-worker seeding (spec 2)."""
+"""AnomalyGenerator end to end, and per-worker seeding (docs/model.md, "Anomaly synthesis")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Perlin noise and Perlin masks (spec 2.1)."""
+"""Perlin noise and Perlin masks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ def _reference_noise(angles: np.ndarray, shape: tuple[int, int], res: tuple[int,
     step_y, step_x = -(-h // res[0]), -(-w // res[1])
     g0, g1 = np.cos(angles), np.sin(angles)
     out = np.empty(shape)
-    fade = lambda t: 6 * t**5 - 15 * t**4 + 10 * t**3  # noqa: E731
+
+    def fade(t: float) -> float:
+        return 6 * t**5 - 15 * t**4 + 10 * t**3
+
     for y in range(h):
         for x in range(w):
             py, px = y / step_y, x / step_x

@@ -1,4 +1,4 @@
-"""Structural anomaly source: mirror, rotation, colour jitter, grid shuffle (spec 2.2)."""
+"""Structural anomaly source: mirror, rotation, colour jitter, grid shuffle."""
 
 from __future__ import annotations
 

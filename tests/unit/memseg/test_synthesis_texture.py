@@ -1,4 +1,4 @@
-"""Texture sources: DTD folder, procedural fallback, and the factory's one-time log (spec 2.2)."""
+"""Texture sources: DTD folder, procedural fallback, and the factory's one-time log."""
 
 from __future__ import annotations
 
