@@ -1,9 +1,9 @@
 """The one typed, validated configuration tree that flows from YAML/CLI to the trainer.
 
-Defaults are the authors' values (``../shared/docs/memseg-spec.md`` sections 1-3, the [OFF] column),
-except where a field says otherwise. Fields whose authors' value depends on the category (memory
-size, difference/feature scales, foreground threshold) default to ``None`` = "the authors' value for
-this category"; :func:`resolve_for_category` fills them in (see ``memseg.data.categories``).
+Defaults are the values of the authors' code (docs/model.md, "Training recipe"), except where a
+field says otherwise. Fields whose authors' value depends on the category (memory size,
+difference/feature scales, foreground threshold) default to ``None`` = "the authors' value for this
+category"; :func:`resolve_for_category` fills them in from :mod:`memseg.category_defaults`.
 
 Sweeps write to the same dotted field names (``synthesis.perlin_threshold``, ``optim.lr``), and
 MLflow logs :meth:`MemSegConfig.flatten` as params, so a name means the same thing everywhere.
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memseg.category_defaults import category_defaults
 from memseg.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -65,7 +66,7 @@ class DataConfig(_Section):
 
 
 class SynthesisConfig(_Section):
-    """Anomaly synthesis (spec section 2)."""
+    """Anomaly synthesis (docs/model.md, "Anomaly synthesis")."""
 
     perlin_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Perlin noise binarisation threshold.")
     perlin_min_scale_exp: int = Field(0, ge=0, le=8, description="Smallest Perlin scale exponent (2^e).")
@@ -91,7 +92,7 @@ class SynthesisConfig(_Section):
     synthetic_ratio: float = Field(
         0.5, gt=0.0, lt=1.0, description="Share of each training batch that is synthetic (authors: 4 of 8)."
     )
-    use_foreground_mask: bool | None = Field(None, description="None = the category's default (spec 2.1 table).")
+    use_foreground_mask: bool | None = Field(None, description="None = the category's default.")
     foreground_threshold: int | None = Field(None, ge=0, le=255, description="None = the category's default.")
     foreground_bright: bool | None = Field(
         None, description="True: pixels above the threshold are foreground. None = the category's default."
@@ -107,12 +108,12 @@ class SynthesisConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The network (spec section 1)."""
+    """The network (see docs/model.md, "Encoder" and the sections after it)."""
 
     backbone: str = Field(
         "resnet18.tv_in1k",
         description="timm ResNet name, optionally with a pretrained tag; tv_in1k = the torchvision ImageNet "
-        "weights the authors' code uses ([OFF] torchvision resnet18).",
+        "weights the authors' code uses (torchvision resnet18).",
     )
     backbone_weights: str = Field(
         "imagenet",
@@ -130,13 +131,13 @@ class ModelConfig(_Section):
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
     head_init: Literal["normal", "default"] = Field(
         "normal",
-        description="Init of MSFF and decoder: 'normal' = conv N(0, 0.02), BN weight N(1, 0.02) (spec 1.5); "
-        "'default' = PyTorch default init (what [OFF]'s Init() leaves in effect, as it skips nested modules).",
+        description="Init of MSFF and decoder: 'normal' = conv N(0, 0.02), BN weight N(1, 0.02); "
+        "'default' = PyTorch default init (what the authors' Init() leaves in effect, as it skips nested modules).",
     )
 
 
 class LossConfig(_Section):
-    """L1 + focal loss (spec section 3)."""
+    """L1 + focal loss (docs/model.md, "Loss")."""
 
     l1_weight: float = Field(0.6, ge=0.0, description="Weight of the L1 term.")
     focal_weight: float = Field(0.4, ge=0.0, description="Weight of the focal term.")
@@ -178,7 +179,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Scoring and model selection (spec section 4)."""
+    """Scoring and model selection (docs/model.md, "Validation and selection")."""
 
     top_k: int = Field(100, ge=1, description="Image score = mean of the top-k pixel scores.")
     aupro_fpr_limit: float = Field(0.3, gt=0.0, le=1.0, description="AUPRO integrated up to this FPR.")
@@ -284,8 +285,6 @@ def resolve_for_category(cfg: MemSegConfig, category: str | None = None) -> MemS
 
     Also caps the memory size so that at least two training images remain.
     """
-    from memseg.data.categories import category_defaults  # local: categories imports nothing heavy
-
     category = category or cfg.data.category
     d = category_defaults(category)
     changes: dict[str, Any] = {"data.category": category}
