@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memseg.config import MemSegConfig
+from memseg.data.mvtec import list_category
+from memseg.data.splits import MIN_TRAIN_IMAGES
+from memseg.data.synthetic_mvtec import generate_dataset
 from memseg.errors import ConfigError
+from sweeps.search_space import max_memory_size
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +49,6 @@ def dataset_fingerprint(root: str | Path, category: str) -> str:
 
 def memory_pool_limit(root: str | Path, cfg: MemSegConfig) -> int:
     """The largest ``model.memory_size`` the category's ``train/good`` allows with ``cfg``'s validation split."""
-    from memseg.data.mvtec import list_category
-    from memseg.data.splits import MIN_TRAIN_IMAGES
-
-    from sweeps.search_space import max_memory_size
-
     files = list_category(root, cfg.data.category)
     try:
         return max_memory_size(len(files.train), cfg.data.val_fraction, cfg.data.val_min_images, MIN_TRAIN_IMAGES)
@@ -75,8 +74,6 @@ def ensure_dataset(
     missing = [c for c in categories if not (root / c / "train" / "good").is_dir()]
     if not missing:
         return False
-    from memseg.data.synthetic_mvtec import generate_dataset
-
     logger.info("generating a synthetic dataset for %d categories at %s", len(missing), root)
     generate_dataset(
         root, size=size, categories=tuple(missing), n_train=n_train, n_test_good=n_test_good,

@@ -5,7 +5,7 @@ Structure (why it looks like this)
 *One study per category.* A category's results must never steer another's search, and ASHA must
 compare trials of the same category only. So each category gets its own ``Tuner`` with its own
 ``OptunaSearch`` (TPE, seeded per category) and its own ``ASHAScheduler``; the category is never a
-search parameter (``grid_search`` cannot be combined with OptunaSearch anyway, platform-notes P7).
+search parameter (``grid_search`` cannot be combined with OptunaSearch anyway).
 
 *All categories at once, from one driver, one thread per Tuner.* The alternative, one Ray job per
 category, isolates drivers but needs the Jobs API (dashboard) for every sweep, a separate process to
@@ -23,7 +23,9 @@ same way a crash does, and ``--resume`` continues.
 *What crosses into trials.* Only the per-category trainable (``memseg_<category>``, closing over the
 resolved base config with absolute paths) and the trial's sampled parameters. MLflow and the status
 table are driver-side Tune callbacks injected by the caller (``callbacks_for``), so this layer never
-imports mlflow.
+imports mlflow. The trainable is injected too (``trainable_factory``, the real one by default): it
+is how tests and simulations replace or wrap what a trial does, e.g. a real trial with a training
+callback that fails at a chosen step, without a word of it in the user config.
 
 Layout on storage: ``<storage.path>/<sweep_id>/sweep.yaml`` (the spec that ran) and
 ``<storage.path>/<sweep_id>/<category>/`` (one Tune experiment per category).
@@ -45,21 +47,26 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import optuna
+import pyarrow.fs
+import ray
 import yaml
-
-from ray.tune import Callback
+from ray import tune
+from ray.tune import Callback, Stopper
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import ConfigError, MemSegError
 from memseg.metrics.keys import STEP
 from sweeps.dataset import dataset_fingerprint, memory_pool_limit
 from sweeps.search_space import CategorySpace, load_space
-from sweeps.spec import SweepSpec, validate_spec
-from sweeps.status import Outcome, SweepStatus, classify
+from sweeps.spec import ParamValue, SweepSpec, validate_spec
+from sweeps.status import CategoryState, Outcome, SweepStatus, classify
 from sweeps.storage_pruning import PruneFinishedTrials
-from sweeps.trainable import make_trainable, trial_config
+from sweeps.trainable import Trainable, make_trainable, trial_config
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +109,7 @@ class TrialSummary:
     outcome: Outcome
     step: int | None
     score: float | None
-    params: dict[str, Any]
+    params: dict[str, ParamValue]
     checkpoint_path: str | None
     error: str | None = None
 
@@ -182,6 +189,8 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
         if cfg.data.dtd_root is not None:
             cfg = cfg.with_overrides({"data.dtd_root": str(Path(cfg.data.dtd_root).expanduser().resolve())})
         pool = memory_pool_limit(data_root, cfg)
+        if cfg.model.memory_size is None:
+            raise ConfigError(f"model.memory_size: not resolved for category {category!r}")
         if cfg.model.memory_size > pool:
             # The authors' N (30; 120 for screw) does not fit a small train/good folder; every trial of
             # the category, swept or not, uses the largest N that leaves validation and training images.
@@ -208,9 +217,7 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
 # --- storage manifest -----------------------------------------------------------------------------
 
 
-def _fs(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
+def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if is_uri(path):
         return pyarrow.fs.FileSystem.from_uri(path)
     return pyarrow.fs.LocalFileSystem(), path
@@ -229,8 +236,6 @@ def write_manifest(spec: SweepSpec, sweep_id: str, categories: Sequence[str]) ->
 
 def read_manifest(storage_path: str, sweep_id: str) -> tuple[SweepSpec, list[str]] | None:
     """The spec and categories a sweep was started with, or None when there is no such sweep."""
-    import pyarrow.fs
-
     fs, path = _fs(f"{absolute_storage(storage_path).rstrip('/')}/{sweep_id}/{MANIFEST}")
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
@@ -241,8 +246,6 @@ def read_manifest(storage_path: str, sweep_id: str) -> tuple[SweepSpec, list[str
 
 def latest_sweep_id(storage_path: str, name: str) -> str | None:
     """The most recently started sweep of spec ``name`` under ``storage_path`` (for ``--resume``)."""
-    import pyarrow.fs
-
     fs, root = _fs(absolute_storage(storage_path))
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         return None
@@ -268,8 +271,6 @@ def connect_ray(env_vars: Mapping[str, str] | None = None, local_num_cpus: int |
 
     ``env_vars`` reach every worker of this job through ``runtime_env`` (tracking URI, credentials).
     """
-    import ray
-
     if not ray.is_initialized():
         # Inside `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses
         # to merge an init runtime_env that sets the same variables again: pass only what it lacks.
@@ -300,8 +301,6 @@ def _job_runtime_env_vars() -> dict[str, str]:
 
 
 def cluster_resources() -> dict[str, float]:
-    import ray
-
     return dict(ray.cluster_resources())
 
 
@@ -325,7 +324,13 @@ class StudyStartedCallback(Callback):
     def __init__(self, key: str) -> None:
         self.key = key
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: object,
+    ) -> None:
         with _STARTED_LOCK:
             event = _STARTED.get(self.key)
         if event is not None:
@@ -337,18 +342,23 @@ def _release_when(event: threading.Event, lock: threading.Lock) -> None:
     lock.release()
 
 
-def trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Trial) -> str:
     """Short trial folder names (the default embeds every parameter, brackets included)."""
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -> Any:
-    """A fresh Tuner for one category: TPE (seeded) + ASHA on ``step`` + per-trial resources."""
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+def build_tuner(
+    plan: CategoryPlan,
+    spec: SweepSpec,
+    callbacks: Sequence[Callback],
+    *,
+    trainable_factory: TrainableFactory | None = None,
+) -> tune.Tuner:
+    """A fresh Tuner for one category: TPE (seeded) + ASHA on ``step`` + per-trial resources.
 
+    Args:
+        trainable_factory: what the trials run (default: :func:`default_trainable`).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per category is noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -371,7 +381,7 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
     )
     if spec.scheduler.kind == "asha":
         eval_interval = plan.base_config.train.eval_interval
-        scheduler: Any = ASHAScheduler(
+        scheduler: TrialScheduler = ASHAScheduler(
             time_attr=STEP,
             metric=plan.metric,
             mode="max",
@@ -383,7 +393,7 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        _with_resources(plan, spec),
+        _with_resources(plan, spec, trainable_factory or default_trainable),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -403,30 +413,45 @@ def build_tuner(plan: CategoryPlan, spec: SweepSpec, callbacks: Sequence[Any]) -
     )
 
 
-def _storage_callbacks(spec: SweepSpec) -> list[Any]:
+def _storage_callbacks(spec: SweepSpec) -> list[Callback]:
     """Disk hygiene (checkpoints of ended trials pruned); restored with the study, like every callback."""
     return [PruneFinishedTrials()] if spec.storage.prune_finished else []
 
 
-def _with_resources(plan: CategoryPlan, spec: SweepSpec) -> Any:
-    from ray import tune
+TrainableFactory = Callable[[CategoryPlan], Trainable]
+"""What a category's trials run: the real trainable (:func:`default_trainable`), or a test's or a
+simulation's replacement or wrapper. It must keep the trainable's name (``memseg_<category>``):
+``Tuner.restore`` looks the trainable up by it."""
 
+
+def default_trainable(plan: CategoryPlan) -> Trainable:
+    """The real trainable: trains the category's base config plus the trial's parameters."""
+    return make_trainable(plan.category, plan.base_config)
+
+
+def _with_resources(plan: CategoryPlan, spec: SweepSpec, trainable_factory: TrainableFactory) -> Trainable:
     resources = {"cpu": spec.resources.cpu}
     if spec.resources.gpu:
         resources["gpu"] = spec.resources.gpu
-    return tune.with_resources(make_trainable(plan.category, plan.base_config), resources)
+    trainable: Trainable = tune.with_resources(trainable_factory(plan), resources)
+    return trainable
 
 
 def run_category(
-    plan: CategoryPlan, spec: SweepSpec, *, resume: bool, callbacks: Sequence[Any] = ()
+    plan: CategoryPlan,
+    spec: SweepSpec,
+    *,
+    resume: bool,
+    callbacks: Sequence[Callback] = (),
+    trainable_factory: TrainableFactory | None = None,
 ) -> CategoryResult:
     """Run (or resume) one category's study to the end and summarise it.
 
     A fresh study gets ``callbacks``; a restored one gets back the callbacks it was started with
-    (Tune restores them from its experiment state), which is why they must pickle.
+    (Tune restores them from its experiment state), which is why they must pickle. The trainable
+    is not restored: ``trainable_factory`` (default :func:`default_trainable`) makes it again.
     """
-    from ray import tune
-
+    factory = trainable_factory or default_trainable
     path = plan.experiment_path
     restorable = tune.Tuner.can_restore(path)
     if restorable and not resume:
@@ -434,12 +459,12 @@ def run_category(
         raise SweepError(msg)
     if restorable:
         logger.info("%s: restoring the study from %s", plan.category, path)
-        tuner = tune.Tuner.restore(path, trainable=_with_resources(plan, spec), resume_unfinished=True,
+        tuner = tune.Tuner.restore(path, trainable=_with_resources(plan, spec, factory), resume_unfinished=True,
                                    resume_errored=False)
     else:
         if resume:
             logger.info("%s: nothing to resume at %s, starting the study", plan.category, path)
-        tuner = build_tuner(plan, spec, callbacks)
+        tuner = build_tuner(plan, spec, callbacks, trainable_factory=factory)
     grid = tuner.fit()
     result = summarize_grid(plan, grid)
     if result.best_config is not None:
@@ -455,10 +480,11 @@ def write_text(path: str, text: str) -> str:
     return path
 
 
-def summarize_grid(plan: CategoryPlan, grid: Any) -> CategoryResult:
+def summarize_grid(plan: CategoryPlan, grid: tune.ResultGrid) -> CategoryResult:
     """Outcome, score and parameters of every trial, and the best one, from a ``ResultGrid``."""
     result = CategoryResult(category=plan.category, experiment_path=plan.experiment_path)
-    for r in grid:
+    for index in range(len(grid)):  # ResultGrid is indexable, not iterable
+        r = grid[index]
         metrics = r.metrics or {}
         step = metrics.get(STEP)
         status = "ERROR" if r.error else ("TERMINATED" if step is not None else "PENDING")
@@ -474,9 +500,9 @@ def summarize_grid(plan: CategoryPlan, grid: Any) -> CategoryResult:
                 error=str(r.error).strip().splitlines()[-1][:300] if r.error else None,
             )
         )
-    scored = [t for t in result.trials if t.score is not None and t.score == t.score]
+    scored = [(t.score, t) for t in result.trials if t.score is not None and t.score == t.score]  # NaN != NaN
     if scored:
-        result.best = max(scored, key=lambda t: t.score)
+        result.best = max(scored, key=lambda pair: pair[0])[1]
         result.best_config = trial_config(plan.base_config, result.best.params)
     return result
 
@@ -486,13 +512,21 @@ def run_sweep(
     plans: Sequence[CategoryPlan],
     *,
     resume: bool = False,
-    callbacks_for: Callable[[CategoryPlan], Sequence[Any]] | None = None,
+    callbacks_for: Callable[[CategoryPlan], Sequence[Callback]] | None = None,
     board: SweepStatus | None = None,
+    trainable_factory: TrainableFactory | None = None,
 ) -> SweepResult:
     """Run every category's study concurrently (see the module docstring) and wait for all of them.
 
     A category that fails as a whole (not a trial: its Tuner) is reported in its
     :class:`CategoryResult` and does not stop the others.
+
+    Args:
+        callbacks_for: the driver-side Tune callbacks of a category's fresh study (tracking, status).
+        board: the live status board the categories' states go to.
+        trainable_factory: what each category's trials run (default :func:`default_trainable`, the
+            real training). Tests and simulations pass their own here, usually
+            ``lambda plan: make_trainable(plan.category, plan.base_config, extra_callbacks=...)``.
     """
     if spec.storage.snapshot_interval_s is not None:
         # Read by every TuneController at start; one value for the whole driver.
@@ -517,12 +551,13 @@ def run_sweep(
             board.set_state(plan.category, "running")
         try:
             callbacks = list(callbacks_for(plan)) if callbacks_for else []
-            res = run_category(plan, spec, resume=resume, callbacks=callbacks)
-            state, error = "done", None
+            res = run_category(plan, spec, resume=resume, callbacks=callbacks, trainable_factory=trainable_factory)
+            state: CategoryState = "done"
+            error: str | None = None
         except (MemSegError, ConfigError) as exc:
             res = CategoryResult(plan.category, plan.experiment_path, error=str(exc))
             state, error = "error", str(exc)
-        except Exception as exc:  # noqa: BLE001 - one category's crash must not end the others
+        except Exception as exc:  # one category's crash must not end the others
             logger.error("%s: study crashed\n%s", plan.category, traceback.format_exc())
             res = CategoryResult(plan.category, plan.experiment_path, error=f"{type(exc).__name__}: {exc}")
             state, error = "error", res.error

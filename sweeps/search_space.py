@@ -1,7 +1,7 @@
 """Search spaces: versioned YAML files keyed by ``MemSegConfig`` field names, run as Optuna define-by-run.
 
 A space file (``sweeps/spaces/<name>.yaml``) maps dotted config fields (``synthesis.perlin_threshold``)
-to a parameter spec (memseg-spec section 6 gives the ranges)::
+to a parameter spec::
 
     version: 1
     name: paper
@@ -32,24 +32,36 @@ config also carries the plain field name, which is all :func:`overrides_from_par
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memseg.config import MemSegConfig, field_names, read_yaml_mapping
 from memseg.errors import ConfigError
-from sweeps.spec import describe_validation_error
+from sweeps.spec import ParamValue, describe_validation_error
+
+if TYPE_CHECKING:
+    from optuna import Trial
 
 logger = logging.getLogger(__name__)
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
-_UNSET: Any = object()  # "no default for this branch"; never leaves this module
 SPACE_FORMAT_VERSION = 1
 Scalar = bool | int | float | str
+
+
+class _Unset(enum.Enum):
+    """No default for this branch (the defaults take another one); never leaves this module."""
+
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
 
 
 class _Strict(BaseModel):
@@ -102,6 +114,12 @@ class CategoricalParam(_Strict):
     choices: list[Scalar | None] = Field(..., min_length=1)
     cap: Literal["memory_pool"] | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        if self.cap is not None and not all(_is_number(c) for c in self.choices if c is not None):
+            raise ValueError(f"cap: {self.cap} needs numeric choices, got {self.choices}")
+        return self
+
 
 class ConstParam(_Strict):
     """A fixed value (documents a deliberate choice in the space; not sampled)."""
@@ -118,7 +136,8 @@ class ComplementParam(_Strict):
     total: float = 1.0
 
 
-Leaf = Annotated[FloatParam | IntParam | CategoricalParam | ConstParam, Field(discriminator="type")]
+LeafParam = FloatParam | IntParam | CategoricalParam | ConstParam
+Leaf = Annotated[LeafParam, Field(discriminator="type")]
 
 
 class ConditionalParam(_Strict):
@@ -129,10 +148,8 @@ class ConditionalParam(_Strict):
     cases: dict[str, Leaf] = Field(..., min_length=1)
 
 
-Param = Annotated[
-    FloatParam | IntParam | CategoricalParam | ConstParam | ComplementParam | ConditionalParam,
-    Field(discriminator="type"),
-]
+AnyParam = LeafParam | ComplementParam | ConditionalParam
+Param = Annotated[AnyParam, Field(discriminator="type")]
 
 
 class SpaceFile(_Strict):
@@ -148,13 +165,12 @@ class SpaceFile(_Strict):
         if self.version != SPACE_FORMAT_VERSION:
             raise ValueError(f"version {self.version} is not supported (this code reads {SPACE_FORMAT_VERSION})")
         known = set(field_names())
-        seen: dict[str, Any] = {}
+        seen: dict[str, AnyParam] = {}
         for name, spec in self.params.items():
             if name not in known:
                 raise ValueError(f"params.{name}: not a MemSegConfig field (see memseg.config.field_names())")
-            if isinstance(spec, ComplementParam):
-                if not isinstance(seen.get(spec.of), FloatParam):
-                    raise ValueError(f"params.{name}: 'of: {spec.of}' must name an earlier float parameter")
+            if isinstance(spec, ComplementParam) and not isinstance(seen.get(spec.of), FloatParam):
+                raise ValueError(f"params.{name}: 'of: {spec.of}' must name an earlier float parameter")
             if isinstance(spec, ConditionalParam):
                 parent = seen.get(spec.depends_on)
                 if not isinstance(parent, CategoricalParam):
@@ -167,7 +183,11 @@ class SpaceFile(_Strict):
         return self
 
 
-def case_key(value: Any) -> str:
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def case_key(value: object) -> str:
     """The string a conditional's ``cases`` uses for a parent value (YAML ``true`` -> ``"true"``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -221,24 +241,26 @@ class SearchSpace:
             memory_pool: Largest allowed memory size for the category (``cap: memory_pool``); None = no cap.
         """
         flat = base.flatten()
-        entries: list[tuple[str, Any]] = []
-        defaults: dict[str, Any] = {}
+        entries: list[tuple[str, AnyParam]] = []
+        defaults: dict[str, ParamValue] = {}
         for name, spec in self.spec.params.items():
             if isinstance(spec, ConditionalParam):
-                cases = {}
+                cases: dict[str, LeafParam] = {}
                 active = case_key(defaults.get(spec.depends_on, flat[spec.depends_on]))
                 for case, leaf in spec.cases.items():
                     # Only the branch the defaults take must hold the default value; the others keep
                     # their own range (the authors' SGD lr says nothing about AdamW's).
                     default = flat[name] if case == active else _UNSET
                     cases[case], fitted_default = _fit_default(branch_name(name, case), leaf, default, memory_pool)
-                    if case == active:
+                    if not isinstance(fitted_default, _Unset):
                         defaults[branch_name(name, case)] = fitted_default
                 entries.append((name, spec.model_copy(update={"cases": cases})))
             elif isinstance(spec, ComplementParam | ConstParam):
                 entries.append((name, spec))
             else:
-                fitted, defaults[name] = _fit_default(name, spec, flat[name], memory_pool)
+                fitted, fitted_default = _fit_default(name, spec, flat[name], memory_pool)
+                if not isinstance(fitted_default, _Unset):  # a plain parameter always has its default
+                    defaults[name] = fitted_default
                 entries.append((name, fitted))
         return CategorySpace(self.name, entries, defaults)
 
@@ -250,18 +272,21 @@ class CategorySpace:
     Ray's OptunaSearch merges those with the sampled (branch-named) values into the trial config.
     """
 
-    def __init__(self, space_name: str, entries: list[tuple[str, Any]], defaults: Mapping[str, Any]) -> None:
+    def __init__(
+        self, space_name: str, entries: list[tuple[str, AnyParam]], defaults: Mapping[str, ParamValue]
+    ) -> None:
         self.space_name = space_name
         self.entries = entries
         self._defaults = dict(defaults)  # Optuna parameter name -> the authors' value (fitted into the space)
 
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+    def __call__(self, trial: Trial) -> dict[str, ParamValue]:
+        values: dict[str, ParamValue] = {}
         for name, spec in self.entries:
             if isinstance(spec, ConstParam):
                 values[name] = spec.value
             elif isinstance(spec, ComplementParam):
-                values[name] = spec.total - values[spec.of]
+                # SpaceFile's validator made `of` an earlier float parameter, so its value is a float.
+                values[name] = spec.total - cast(float, values[spec.of])
             elif isinstance(spec, ConditionalParam):
                 case = case_key(values[spec.depends_on])
                 values[name] = _suggest(trial, branch_name(name, case), spec.cases[case])
@@ -269,9 +294,9 @@ class CategorySpace:
                 values[name] = _suggest(trial, name, spec)
         return values
 
-    def default_point(self) -> dict[str, Any]:
+    def default_point(self) -> dict[str, ParamValue]:
         """The authors' defaults in Optuna parameter names (for ``points_to_evaluate``)."""
-        point: dict[str, Any] = {}
+        point: dict[str, ParamValue] = {}
         for name, spec in self.entries:
             if isinstance(spec, ConstParam | ComplementParam):
                 continue
@@ -283,7 +308,9 @@ class CategorySpace:
                 point[name] = self._defaults[name]
         return point
 
-    def points_to_evaluate(self, extra: list[dict[str, Any]] = (), *, defaults_first: bool = True) -> list[dict]:
+    def points_to_evaluate(
+        self, extra: Sequence[Mapping[str, ParamValue]] = (), *, defaults_first: bool = True
+    ) -> list[dict[str, ParamValue]]:
         """The points Optuna evaluates before it samples: the defaults, then each ``extra`` point over them.
 
         Raises:
@@ -295,7 +322,8 @@ class CategorySpace:
         for i, point in enumerate(extra):
             unknown = sorted(set(point) - names)
             if unknown:
-                msg = f"search.extra_points[{i}]: {unknown} not in space {self.space_name!r} (parameters: {sorted(names)})"
+                msg = (f"search.extra_points[{i}]: {unknown} not in space {self.space_name!r} "
+                       f"(parameters: {sorted(names)})")
                 raise ConfigError(msg)
             points.append({**base, **point})
         return points
@@ -311,7 +339,7 @@ class CategorySpace:
         return names
 
 
-def _suggest(trial: Any, name: str, spec: Any) -> Any:
+def _suggest(trial: Trial, name: str, spec: LeafParam) -> ParamValue:
     if isinstance(spec, ConstParam):
         return spec.value
     if isinstance(spec, FloatParam):
@@ -321,7 +349,9 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
     return trial.suggest_categorical(name, spec.choices)
 
 
-def _fit_default(name: str, spec: Any, default: Any, memory_pool: int | None) -> tuple[Any, Any]:
+def _fit_default(
+    name: str, spec: LeafParam, default: ParamValue | _Unset, memory_pool: int | None
+) -> tuple[LeafParam, ParamValue | _Unset]:
     """Apply the memory-pool cap, then make sure the authors' default is a value the distribution can take.
 
     Args:
@@ -332,13 +362,14 @@ def _fit_default(name: str, spec: Any, default: Any, memory_pool: int | None) ->
     """
     if isinstance(spec, ConstParam):
         return spec, spec.value
-    cap = memory_pool if getattr(spec, "cap", None) == "memory_pool" else None
+    cap = memory_pool if isinstance(spec, IntParam | CategoricalParam) and spec.cap == "memory_pool" else None
     if cap is not None and isinstance(default, int | float):
         default = min(default, cap)
     if isinstance(spec, CategoricalParam):
         choices = list(spec.choices)
         if cap is not None:
-            kept = [c for c in choices if c is not None and c <= cap]
+            # CategoricalParam's validator allows a cap on numeric choices only.
+            kept: list[Scalar | None] = [c for c in choices if _is_number(c) and cast(float, c) <= cap]
             choices = kept + ([cap] if len(kept) < len(choices) and cap not in kept else [])
         if default is not _UNSET and default not in choices:
             logger.info("%s: adding the default %r to the choices %s", name, default, choices)
@@ -350,11 +381,13 @@ def _fit_default(name: str, spec: Any, default: Any, memory_pool: int | None) ->
     if isinstance(default, int | float) and not low <= default <= high:
         logger.info("%s: widening [%s, %s] to include the default %r", name, low, high, default)
         low, high = min(low, default), max(high, default)
-    update: dict[str, Any] = {"low": type(spec.low)(low), "high": type(spec.high)(high)}
-    if isinstance(spec, FloatParam) and spec.step is not None and isinstance(default, int | float):
-        if not _on_grid(default, low, spec.step):
-            logger.info("%s: dropping step %s so the default %r stays reachable", name, spec.step, default)
-            update["step"] = None
+    update: dict[str, float | None] = {"low": type(spec.low)(low), "high": type(spec.high)(high)}
+    if (
+        isinstance(spec, FloatParam) and spec.step is not None and isinstance(default, int | float)
+        and not _on_grid(default, low, spec.step)
+    ):
+        logger.info("%s: dropping step %s so the default %r stays reachable", name, spec.step, default)
+        update["step"] = None
     return spec.model_copy(update=update), default
 
 
@@ -394,7 +427,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
 
 
-def overrides_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def overrides_from_params(params: Mapping[str, object]) -> dict[str, object]:
     """The config overrides in a trial config: its keys that are config fields (branch names are dropped)."""
     known = set(field_names())
     return {k: v for k, v in params.items() if k in known}

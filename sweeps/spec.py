@@ -1,4 +1,4 @@
-"""The typed sweep configuration: what a ``memseg sweep --config`` YAML may say (platform-notes sections 1 and 7).
+"""The typed sweep configuration: what a ``memseg sweep --config`` YAML may say.
 
 A sweep spec names the categories, the search space file, the base training config (dotted
 ``MemSegConfig`` overrides shrunk for the sweep), where the data and the results live, the resources
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,6 +23,9 @@ from memseg.config import MemSegConfig, apply_overrides, flatten_dict, parse_ove
 from memseg.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+ParamValue = bool | int | float | str | None
+"""A value a sweep parameter takes (what a search space samples and a trial's config holds)."""
 
 
 class _Strict(BaseModel):
@@ -61,7 +64,7 @@ class SearchSettings(_Strict):
         8, ge=1, description="Random trials before TPE models the results (>= the concurrency)."
     )
     defaults_first: bool = Field(True, description="Evaluate the authors' defaults first (points_to_evaluate).")
-    extra_points: list[dict[str, Any]] = Field(
+    extra_points: list[dict[str, ParamValue]] = Field(
         default_factory=list,
         description="Known configurations to evaluate next, in the space's parameter names; a parameter "
         "left out takes the authors' value.",
@@ -81,12 +84,15 @@ class ResourceSettings(_Strict):
     """Resources of one trial (Tune's with_resources)."""
 
     cpu: float = Field(1.0, gt=0.0, le=256.0, description="CPUs per trial; torch uses this many threads.")
-    gpu: float = Field(0.0, ge=0.0, le=16.0, description="GPUs per trial: 0, a fraction dividing 1 (0.5, 0.25) or whole.")
+    gpu: float = Field(
+        0.0, ge=0.0, le=16.0, description="GPUs per trial: 0, a fraction dividing 1 (0.5, 0.25) or whole."
+    )
 
     @field_validator("gpu")
     @classmethod
     def _gpu_packs(cls, value: float) -> float:
-        # A fraction that does not divide 1 strands GPU capacity (platform-notes 1.3, P11).
+        # A fraction that does not divide 1 strands GPU capacity: Ray packs fractional GPUs per device,
+        # so 0.3 leaves a 0.1 remainder on every GPU that no trial can use.
         if 0.0 < value < 1.0 and not math.isclose(1.0 / value, round(1.0 / value), rel_tol=1e-6):
             raise ValueError(f"a fractional GPU must divide 1 (0.5, 0.25, ...), got {value}")
         if value > 1.0 and not float(value).is_integer():
@@ -145,7 +151,7 @@ class SweepSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Short name; prefixes sweep ids.")
     description: str = Field("", description="Free text shown in the MLflow experiment.")
     categories: list[str] = Field(..., min_length=1, description="Categories, each gets its own study.")
-    base: dict[str, Any] = Field(
+    base: dict[str, object] = Field(
         default_factory=dict, description="MemSegConfig overrides (nested sections or dotted keys) for every trial."
     )
     data: DataSettings
@@ -180,7 +186,7 @@ class SweepSpec(_Strict):
         except ConfigError as exc:
             raise ConfigError(f"base.{exc}") from None
 
-    def with_changes(self, changes: Mapping[str, Any] | Sequence[str]) -> SweepSpec:
+    def with_changes(self, changes: Mapping[str, object] | Sequence[str]) -> SweepSpec:
         """A copy with dotted changes applied (``{"data.root": ..., "storage.path": ...}`` or
         ``["key=value", ...]``), validated again."""
         return validate_spec(apply_overrides(self.model_dump(), parse_overrides(changes)), "<overrides>")
@@ -213,7 +219,7 @@ def load_sweep_spec(name_or_path: str | Path) -> SweepSpec:
     return validate_spec(read_yaml_mapping(path, "sweep config"), str(path))
 
 
-def validate_spec(tree: Mapping[str, Any], source: str) -> SweepSpec:
+def validate_spec(tree: Mapping[str, object], source: str) -> SweepSpec:
     try:
         return SweepSpec.model_validate(tree)
     except ValidationError as exc:

@@ -18,14 +18,17 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
+from ray.tune.experiment import Trial
 
 from memseg.metrics.keys import STEP
+from sweeps.spec import ParamValue
 
 Outcome = Literal["pending", "running", "finished", "pruned", "failed"]
 OUTCOMES: tuple[Outcome, ...] = ("pending", "running", "finished", "pruned", "failed")
+CategoryState = Literal["waiting", "running", "done", "error"]
 
 _BOARDS: dict[str, SweepStatus] = {}
 _BOARDS_LOCK = threading.Lock()
@@ -50,7 +53,7 @@ class TrialView:
     outcome: Outcome
     step: int | None
     score: float | None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, ParamValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,7 +62,7 @@ class CategoryView:
 
     category: str
     trials: dict[str, TrialView] = field(default_factory=dict)
-    state: str = "waiting"  # waiting | running | done | error
+    state: CategoryState = "waiting"
     error: str | None = None
 
     def counts(self) -> dict[Outcome, int]:
@@ -69,8 +72,8 @@ class CategoryView:
         return out
 
     def best(self) -> TrialView | None:
-        scored = [t for t in self.trials.values() if t.score is not None and math.isfinite(t.score)]
-        return max(scored, key=lambda t: t.score) if scored else None
+        scored = [(t.score, t) for t in self.trials.values() if t.score is not None and math.isfinite(t.score)]
+        return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
 class SweepStatus:
@@ -83,7 +86,7 @@ class SweepStatus:
         self._cats = {c: CategoryView(c) for c in categories}
         self.started = time.monotonic()
 
-    def update_trials(self, category: str, trials: Iterable[Any], step_budget: int) -> None:
+    def update_trials(self, category: str, trials: Iterable[Trial], step_budget: int) -> None:
         """Copy Tune ``Trial`` objects (status, last result, config) onto the board."""
         views = {}
         for trial in trials:
@@ -100,7 +103,7 @@ class SweepStatus:
         with self._lock:
             self._cats.setdefault(category, CategoryView(category)).trials.update(views)
 
-    def set_state(self, category: str, state: str, error: str | None = None) -> None:
+    def set_state(self, category: str, state: CategoryState, error: str | None = None) -> None:
         with self._lock:
             view = self._cats.setdefault(category, CategoryView(category))
             view.state, view.error = state, error
@@ -115,9 +118,11 @@ class SweepStatus:
         """The status table (plain text, one row per category, a total row)."""
         snap = self.snapshot()
         elapsed = time.monotonic() - self.started
-        head = f"sweep {self.sweep_id}  {time.strftime('%H:%M:%S')}  elapsed {elapsed / 60:.1f} min  best = max {self.metric}"
+        head = (f"sweep {self.sweep_id}  {time.strftime('%H:%M:%S')}  elapsed {elapsed / 60:.1f} min  "
+                f"best = max {self.metric}")
         width = max([len("category"), *(len(c) for c in snap)])
-        cols = f"{'category':<{width}}  {'state':<7} {'pend':>4} {'run':>4} {'done':>4} {'pruned':>6} {'failed':>6}  {'best':>8}  best trial"
+        cols = (f"{'category':<{width}}  {'state':<7} {'pend':>4} {'run':>4} {'done':>4} {'pruned':>6} "
+                f"{'failed':>6}  {'best':>8}  best trial")
         lines = [head, cols, "-" * len(cols)]
         totals = dict.fromkeys(OUTCOMES, 0)
         for cat, view in snap.items():
@@ -163,7 +168,7 @@ class StatusCallback(Callback):
         self.step_budget = step_budget
         self._last = 0.0
 
-    def _push(self, trials: Sequence[Any], force: bool = False) -> None:
+    def _push(self, trials: Sequence[Trial], force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < 1.0:
             return
@@ -172,21 +177,27 @@ class StatusCallback(Callback):
         if board is not None:
             board.update_trials(self.category, trials, self.step_budget)
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: object,
+    ) -> None:
         board = board_for(self.sweep_id)
         if board is not None:
             board.set_state(self.category, "running")
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: object) -> None:
         self._push(trials)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._push(trials, force=True)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._push(trials, force=True)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: object) -> None:
         self._push(trials, force=True)
 
 

@@ -1,4 +1,4 @@
-"""Disk hygiene of a sweep: an ended trial keeps only what is read after it (issue 3, storage).
+"""Disk hygiene of a sweep: an ended trial keeps only what is read after it.
 
 Every evaluation of a trial reports a whole checkpoint directory (:mod:`memseg.training.checkpoint`):
 ``model.pt`` + ``best_model.pt`` + ``train_state.pt`` (SGD momentum) + ``heatmaps/``. With 18 M
@@ -51,9 +51,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 
+import pyarrow.fs
 from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from sweeps.tune_callback import NODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +68,21 @@ RESUME_SCRATCH = "resume_checkpoint"  # local copy of the checkpoint a retried/r
 FALLBACK_ROOT = "memseg-trials"  # under the temp dir when RAY_CHDIR_TO_TRIAL_DIR=0
 
 
+EndStatus = Literal["TERMINATED", "ERROR"]
+
+
+class EndRecord(TypedDict):
+    """What ``pruned.json`` holds: how the trial ended and what it reported last."""
+
+    status: EndStatus
+    trial_id: str
+    result: dict[str, object]  # the trial's last reported metrics (plus its Ray node id)
+    error: NotRequired[str]  # the last line of the traceback, for a trial that failed
+
+
 def prunable_files() -> tuple[str, ...]:
-    """Files of a checkpoint directory that only a resumed trial reads (lazy: keeps torch out of the driver)."""
-    from memseg.training.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
+    """Files of a checkpoint directory that only a resumed trial reads."""
+    from memseg.training.checkpoint import MODEL_FILE, TRAIN_STATE_FILE  # noqa: PLC0415 - keeps torch out of the driver
 
     return (MODEL_FILE, TRAIN_STATE_FILE)
 
@@ -115,29 +132,24 @@ def _tree_size(folder: Path) -> int:
     return total
 
 
-def driver_scratch_dirs(trial: Any) -> list[Path]:
+def driver_scratch_dirs(trial: Trial) -> list[Path]:
     """Where ``trial`` kept its scratch if it ran on this (the driver's) node."""
     out = [fallback_work_dir(trial.trial_id)]
-    try:
+    # A trial that never started has no storage context or folder name, and wrote nothing.
+    if trial.storage is not None and trial.storage.trial_dir_name is not None:
         out.append(Path(trial.storage.trial_working_directory))
-    except Exception:  # noqa: BLE001 - no storage context (never started): nothing was written
-        pass
     return out
 
 
 # --- storage ---------------------------------------------------------------------------------------
 
 
-def _exists(fs: Any, path: str) -> bool:
-    import pyarrow.fs
-
+def _exists(fs: pyarrow.fs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
-def checkpoint_dirs(fs: Any, trial_fs_path: str) -> list[str]:
+def checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> list[str]:
     """The ``checkpoint_NNNNNN`` folders of a trial's storage folder, oldest first."""
-    import pyarrow.fs
-
     infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_fs_path, allow_not_found=True))
     return sorted(
         i.path for i in infos
@@ -145,7 +157,7 @@ def checkpoint_dirs(fs: Any, trial_fs_path: str) -> list[str]:
     )
 
 
-def prune_checkpoint(fs: Any, path: str, record: Mapping[str, Any]) -> int:
+def prune_checkpoint(fs: pyarrow.fs.FileSystem, path: str, record: EndRecord) -> int:
     """Delete ``model.pt`` and ``train_state.pt`` of one persisted checkpoint; returns the bytes freed.
 
     ``record`` (the trial's end status and last result) goes to ``pruned.json`` first, so a
@@ -153,51 +165,43 @@ def prune_checkpoint(fs: Any, path: str, record: Mapping[str, Any]) -> int:
     file is left alone (already pruned, or not a memseg checkpoint).
 
     Args:
-        fs: a ``pyarrow.fs.FileSystem``.
+        fs: the storage filesystem.
         path: the checkpoint folder on ``fs``.
-        record: JSON-able; ``{"status": "TERMINATED" | "ERROR", "trial_id": ..., "result": {...}}``.
+        record: what ``pruned.json`` gets (:func:`end_record`).
     """
-    import pyarrow.fs
-
     path = path.rstrip("/")
     infos = fs.get_file_info([f"{path}/{name}" for name in prunable_files()])
     present = [i for i in infos if i.type == pyarrow.fs.FileType.File]
     if not present:
         return 0
     with fs.open_output_stream(f"{path}/{MARKER}") as out:
-        out.write(json.dumps(dict(record), indent=2, default=str).encode())
+        out.write(json.dumps(record, indent=2, default=str).encode())
     for info in present:
         fs.delete_file(info.path)
     return sum(i.size or 0 for i in present)
 
 
-def read_marker(fs: Any, checkpoint_path: str) -> dict[str, Any] | None:
+def read_marker(fs: pyarrow.fs.FileSystem, checkpoint_path: str) -> EndRecord | None:
     """The ``pruned.json`` record of a checkpoint, or None when the checkpoint is whole."""
     path = f"{checkpoint_path.rstrip('/')}/{MARKER}"
     if not _exists(fs, path):
         return None
     with fs.open_input_stream(path) as f:
-        return dict(json.loads(f.read().decode()))
+        record: EndRecord = json.loads(f.read().decode())  # written by prune_checkpoint
+    return record
 
 
-def final_result(result: Mapping[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+def final_result(result: Mapping[str, object], keep: tuple[str, ...] = ()) -> dict[str, object]:
     """What the trial itself reported last: numbers (plus ``keep`` keys), without Tune's bookkeeping."""
-    from ray.tune.result import AUTO_RESULT_KEYS
+    def reported(key: str, value: object) -> bool:
+        return key not in AUTO_RESULT_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
 
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if key in keep:
-            out[key] = value
-        elif key not in AUTO_RESULT_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
-            out[key] = value
-    return out
+    return {key: value for key, value in result.items() if key in keep or reported(key, value)}
 
 
-def end_record(trial: Any, status: str) -> dict[str, Any]:
+def end_record(trial: Trial, status: EndStatus) -> EndRecord:
     """The ``pruned.json`` content of an ended trial."""
-    from sweeps.tune_callback import NODE_KEY
-
-    record: dict[str, Any] = {
+    record: EndRecord = {
         "status": status,
         "trial_id": trial.trial_id,
         "result": final_result(trial.last_result or {}, keep=(NODE_KEY,)),
@@ -207,10 +211,10 @@ def end_record(trial: Any, status: str) -> dict[str, Any]:
     return record
 
 
-def _last_error_line(trial: Any) -> str:
+def _last_error_line(trial: Trial) -> str:
     """The last line of the trial's latest traceback (``error.txt`` on the driver, written before the hook)."""
     text = ""
-    local = getattr(trial, "error_file", None)  # trial.get_error() reads storage, which syncs later
+    local = trial.error_file  # trial.get_error() reads storage, which syncs later
     if local and os.path.isfile(local):
         with open(local, errors="replace") as f:
             text = f.read()
@@ -218,8 +222,14 @@ def _last_error_line(trial: Any) -> str:
     return lines[-1].strip()[:1000] if lines else "error"
 
 
-def prune_trial(trial: Any, status: str) -> int:
-    """Prune every persisted checkpoint of an ended trial and drop its scratch on this node; returns bytes freed."""
+def prune_trial(trial: Trial, status: EndStatus) -> int:
+    """Prune every persisted checkpoint of an ended trial and drop its scratch on this node; returns bytes freed.
+
+    Raises:
+        ValueError: the trial has no storage context (it never started, so it has no checkpoints).
+    """
+    if trial.storage is None:
+        raise ValueError(f"trial {trial.trial_id} has no storage context")
     fs = trial.storage.storage_filesystem
     record = end_record(trial, status)
     freed = sum(prune_checkpoint(fs, path, record) for path in checkpoint_dirs(fs, trial.storage.trial_fs_path))
@@ -235,23 +245,23 @@ class PruneFinishedTrials(Callback):
     A failure to prune is logged and never stops the study.
     """
 
-    def _prune(self, trial: Any, status: str) -> None:
+    def _prune(self, trial: Trial, status: EndStatus) -> None:
         try:
             freed = prune_trial(trial, status)
-        except Exception as exc:  # noqa: BLE001 - disk hygiene must not end a study
+        except Exception as exc:  # disk hygiene must not end a study
             logger.warning("trial %s: checkpoints not pruned (%s: %s)", trial.trial_id, type(exc).__name__, exc)
             return
         if freed:
             logger.debug("trial %s (%s): %.1f MB of checkpoints/scratch freed", trial.trial_id, status, freed / 2**20)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._prune(trial, "TERMINATED")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         # Only after the last retry: a retried failure fires on_trial_recover instead.
         self._prune(trial, "ERROR")
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: object) -> None:
         # Scratch only: an interrupted trial shows TERMINATED here but is RUNNING in the snapshot.
         freed = 0
         for trial in trials:

@@ -1,7 +1,7 @@
 """The Tune trainable: one trial = build the config from the trial's parameters, train with memseg, report.
 
-A plain function trainable (platform-notes 1.10: one trial is one process on one device, so no Ray
-Train). It only trains and reports (Ray Tune examples): the config is ``base.with_overrides(params)``,
+A plain function trainable (one trial is one process on one device, so Ray Train would add nothing).
+It only trains and reports: the config is ``base.with_overrides(params)``,
 ``memseg.training.fit`` runs with a :class:`~sweeps.tune_callback.TuneReportCallback`, and a retried
 or resumed trial continues from ``ray.tune.get_checkpoint()``. Torch gets as many threads as the
 trial has CPUs. Every path in the base config is absolute before it gets here, because Tune runs the
@@ -19,27 +19,46 @@ Each category gets its own function object named ``memseg_<category>``: Tune reg
 name per job, and the per-category Tuners run side by side in one driver, so a shared name would
 let one category's trials pick up another's base config. ``Tuner.restore`` checks the name, so it
 must be the same on every run of the sweep.
+
+Tests and simulations change what a real trial does through ``make_trainable(...,
+extra_callbacks=...)`` (training callbacks added to the trial's ``fit``, e.g. one that raises at a
+given step) and hand the result to :func:`sweeps.driver.run_sweep` through its
+``trainable_factory``; nothing of it reaches the user config or the tracked parameters.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+import ray
+from ray import tune
 
 from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
 from sweeps.search_space import overrides_from_params
+from sweeps.spec import ParamValue
 from sweeps.storage_pruning import RESUME_SCRATCH, TRAIN_SCRATCH, fallback_work_dir, read_marker, remove_scratch
+from sweeps.tune_callback import NODE_KEY, TuneReportCallback
+
+if TYPE_CHECKING:
+    from memseg.training.callbacks import TrainingCallback
+
+Trainable = Callable[[dict[str, ParamValue]], None]
+"""A Tune function trainable: called in the trial's process with the trial's sampled parameters."""
+
+CallbackFactory = Callable[[str, MemSegConfig], Sequence["TrainingCallback"]]
+"""Extra training callbacks of one trial, from its trial id and the config it trains with."""
 
 
 class TrialEndedBeforeError(MemSegError):
     """A trial that had failed for good was started again from its pruned checkpoint (after a driver crash)."""
 
 
-def trial_config(base: MemSegConfig, params: Mapping[str, Any]) -> MemSegConfig:
+def trial_config(base: MemSegConfig, params: Mapping[str, object]) -> MemSegConfig:
     """The config a trial trains with: the category's base config plus the trial's field values."""
     return base.with_overrides(overrides_from_params(params))
 
@@ -65,24 +84,33 @@ def local_trial_dir(trial_id: str) -> Path:
     return fallback_work_dir(trial_id)
 
 
-def make_trainable(category: str, base: MemSegConfig) -> Callable[[dict[str, Any]], None]:
-    """The function trainable of one category (closes over the plain base config, which pickles)."""
+def make_trainable(
+    category: str, base: MemSegConfig, *, extra_callbacks: CallbackFactory | None = None
+) -> Trainable:
+    """The function trainable of one category (closes over the plain base config, which pickles).
+
+    Args:
+        category: names the trainable (``memseg_<category>``).
+        base: the category's resolved base config; a trial adds its parameters to it.
+        extra_callbacks: called in the trial's process with the trial id and the trial's config;
+            the callbacks it returns run in ``fit`` after the Tune reporter. It travels to the
+            workers pickled with the trainable, so it must be importable there (or registered with
+            ``ray.cloudpickle.register_pickle_by_value``).
+    """
     base_tree = base.model_dump()
 
-    def trainable(config: dict[str, Any]) -> None:
-        run_trial(config, base_tree)
+    def trainable(config: dict[str, ParamValue]) -> None:
+        run_trial(config, base_tree, extra_callbacks)
 
     trainable.__name__ = trainable.__qualname__ = trainable_name(category)
     return trainable
 
 
-def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
+def run_trial(
+    config: Mapping[str, object], base_tree: Mapping[str, object], extra_callbacks: CallbackFactory | None = None
+) -> None:
     """Body of a trial (runs inside the Tune worker process)."""
-    import ray
-    from ray import tune
-
-    from memseg.training import fit
-    from sweeps.tune_callback import NODE_KEY, TuneReportCallback
+    from memseg.training import fit  # noqa: PLC0415 - torch loads in the trial process, never in the driver
 
     ctx = tune.get_context()
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1.0)
@@ -93,6 +121,9 @@ def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
     work = local_trial_dir(ctx.get_trial_id())
     cfg = trial_config(MemSegConfig.model_validate(base_tree), config)
     cfg = cfg.with_overrides({"train.output_dir": str(work / TRAIN_SCRATCH)})
+    callbacks: list[TrainingCallback] = [TuneReportCallback({NODE_KEY: ray.get_runtime_context().get_node_id()})]
+    if extra_callbacks is not None:
+        callbacks += extra_callbacks(ctx.get_trial_id(), cfg)
     try:
         resume_from = None
         if checkpoint is not None:
@@ -101,10 +132,9 @@ def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
             shutil.rmtree(local, ignore_errors=True)
             resume_from = Path(checkpoint.to_directory(str(local)))
 
-        # Test metrics belong to the champion, once, after the sweep (platform-notes P22), not to every trial.
+        # Test metrics belong to the champion, measured once after the sweep, not to every trial.
         fit(
-            cfg, callbacks=[TuneReportCallback({NODE_KEY: ray.get_runtime_context().get_node_id()})],
-            resume_from=resume_from, progress=False, evaluate_test=False,
+            cfg, callbacks=callbacks, resume_from=resume_from, progress=False, evaluate_test=False,
             num_threads=torch_threads(cpus),
         )
     finally:
@@ -112,20 +142,18 @@ def run_trial(config: Mapping[str, Any], base_tree: Mapping[str, Any]) -> None:
         remove_scratch(work)
 
 
-def end_as_before(trial_id: str, checkpoint: Any) -> bool:
+def end_as_before(trial_id: str, checkpoint: tune.Checkpoint) -> bool:
     """End a trial whose checkpoint was pruned the way it ended; False when the checkpoint is whole.
 
     Raises:
         TrialEndedBeforeError: the trial had failed for good (Tune counts it as a failure again).
     """
-    from ray import tune
-
     marker = read_marker(checkpoint.filesystem, checkpoint.path)
     if marker is None:
         return False
-    if marker.get("status") == "ERROR":
+    if marker["status"] == "ERROR":
         msg = (f"trial {trial_id} had failed before the sweep was restarted ({marker.get('error', 'error')}); "
                f"its checkpoint {checkpoint.path} was pruned, so it is not run again")
         raise TrialEndedBeforeError(msg)
-    tune.report(dict(marker.get("result") or {}))
+    tune.report(dict(marker["result"]))
     return True

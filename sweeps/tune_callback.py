@@ -1,7 +1,7 @@
 """The bridge from memseg's training loop to Ray Tune: every evaluation becomes one ``ray.tune.report``.
 
 Implements :class:`memseg.training.callbacks.TrainingCallback`. Only ``ray.tune.*`` is used: with Ray
-2.60's Train V2, ``ray.train.report`` raises inside a Tune trial (platform-notes 1.10, P9).
+2.60's Train V2, ``ray.train.report`` raises inside a Tune trial.
 
 The checkpoint directory the loop hands over is only valid during the call; ``tune.report`` copies
 it into the trial's storage before it returns, so the copy is what Tune restores a retried or
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from ray import tune
 
 from memseg.metrics.keys import STEP
 
 
-def tune_metrics(step: int, metrics: Mapping[str, Any]) -> dict[str, float | int]:
+def tune_metrics(step: int, metrics: Mapping[str, object]) -> dict[str, float | int]:
     """The numeric metrics of one evaluation, plus ``step`` (the ASHA time attribute).
 
     Non-finite values are kept: Tune and the searcher must see a NaN validation score as such.
@@ -42,13 +43,11 @@ class TuneReportCallback:
             tag where the trial ran).
     """
 
-    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, extra: Mapping[str, str | float] | None = None) -> None:
         self.extra = dict(extra or {})
         self.reports = 0
 
     def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        from ray import tune
-
-        payload: dict[str, Any] = {**tune_metrics(step, metrics), **self.extra}
+        payload: dict[str, str | float] = {**tune_metrics(step, metrics), **self.extra}
         tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         self.reports += 1

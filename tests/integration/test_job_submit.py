@@ -1,6 +1,6 @@
 """A smoke sweep submitted with `ray job submit` to a multi-node cluster, as on the GPU cluster.
 
-Infra concept: issue "Infra", item 6 and its multi-node requirement: a head started with
+The cluster is the one infra/ describes, scaled down: a head started with
 ``--num-cpus 0`` (no trial lands on it, as in infra/k8s/raycluster.yaml) plus two worker nodes, the
 sweep submitted through the Jobs API with the MLflow address and credentials passed only as
 ``runtime_env`` env vars (the cluster's processes were started without them), Tune storage on a path

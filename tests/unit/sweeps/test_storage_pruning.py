@@ -226,7 +226,7 @@ def test_tune_study_prunes_ended_trials_only(local_ray: Any, tmp_path: Path) -> 
                                ("flaky", "TERMINATED", STEPS), ("broken", "ERROR", 1)):
         r = results[kind]
         files = _checkpoint_files(r)
-        assert len(files) == 1 and list(files.values())[0] == pruned, (kind, files)
+        assert list(files.values()) == [pruned], (kind, files)
         marker = sp.read_marker(LOCAL, sp.checkpoint_dirs(LOCAL, r.path)[0])
         assert marker["status"] == status, kind
         assert marker["result"]["step"] == step == r.metrics["step"], kind
