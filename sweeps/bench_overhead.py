@@ -1,11 +1,12 @@
-"""Sweep overhead for ``memseg bench``: the share of a trial's wall time not spent in training steps (issue #6).
+"""The sweep-overhead section of ``memseg bench``: the share of a trial's wall time not spent in
+training steps.
 
 A tiny sweep runs for real with this package (:func:`sweeps.driver.plan_sweep` /
 :func:`sweeps.driver.run_sweep`, the smoke spec shrunk to one category and ``trials`` FIFO trials
 run one after another) on a fresh local Ray instance. A driver-side Tune callback records when each
 trial starts and completes and the trainable's own clock (``time_total_s``). Afterwards the seconds
 per training step of each trial's configuration are measured in this process
-(:func:`memseg.bench.measure_training_step`, one thread as a 1-CPU trial has), so
+(:func:`memseg.bench.training.measure_training_step`, one thread as a 1-CPU trial has), so
 
     in_step_i   = steps_i x step_s_i
     cost_i      = trial_wall_i + fixed / n     (fixed = sweep wall - sum of trial walls: Ray start-up,
@@ -24,26 +25,51 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import ray
 from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from memseg.bench.figures import Better, Figure, Stats, summarize
+from memseg.bench.machine import torch_threads
+from memseg.bench.report import BenchReport
+from memseg.bench.training import measure_training_step
+from memseg.bench.workload import BenchData
+from memseg.data.datasets import category_splits
+from sweeps.dataset import ensure_dataset
+from sweeps.driver import CategoryPlan, SweepResult, plan_sweep, run_sweep
+from sweeps.spec import SweepSpec, load_sweep_spec
+from sweeps.trainable import trial_config
 
 logger = logging.getLogger(__name__)
+
+OVERHEAD = Figure("sweep.overhead_share", "share", Better.LOWER,
+                  "share of a smoke-sweep trial's wall time outside training steps")
+FIGURES = (OVERHEAD,)
 
 # Driver-side timelines, keyed by a bench id: Tune may copy (pickle) its callbacks, so the callback
 # holds only the key and writes here.
 _TIMELINES: dict[str, dict[str, dict[str, float]]] = {}
 _LOCK = threading.Lock()
 
-# (callbacks_for, close): what a tracking layer hands the bench for a planned sweep.
-TrackingHooks = tuple[Callable[[Any], Sequence[Any]], Callable[[Any], None]]
+
+@dataclass(frozen=True)
+class TrackingHooks:
+    """What a tracking layer hands the bench for a planned sweep: the driver-side callbacks of each
+    category, and what to call once the sweep has ended."""
+
+    callbacks_for: Callable[[CategoryPlan], Sequence[Callback]]
+    close: Callable[[SweepResult], None]
+
+
+# tracking(sweep_id, plans) -> hooks
+Tracking = Callable[[str, list[CategoryPlan]], TrackingHooks]
 
 
 class TrialTimer(Callback):
@@ -52,23 +78,26 @@ class TrialTimer(Callback):
     def __init__(self, key: str) -> None:
         self.key = key
 
-    def _record(self, trial: Any, **values: float) -> None:
+    def _record(self, trial: Trial, **values: float) -> None:
         with _LOCK:
             _TIMELINES.setdefault(self.key, {}).setdefault(str(trial.trial_id), {}).update(values)
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._record(trial, start=time.monotonic())
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, object], **info: object
+    ) -> None:
         values = {"last_result": time.monotonic()}
-        if isinstance(result.get("time_total_s"), int | float):
-            values["time_total_s"] = float(result["time_total_s"])
+        total = result.get("time_total_s")
+        if isinstance(total, int | float):
+            values["time_total_s"] = float(total)
         self._record(trial, **values)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._record(trial, end=time.monotonic())
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         self._record(trial, end=time.monotonic(), error=1.0)
 
 
@@ -92,7 +121,7 @@ class TrialOverhead:
     def overhead_share(self) -> float:
         return 1.0 - self.in_step_s / self.cost_s if self.cost_s > 0 else float("nan")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str | int | float]:
         return {
             "trial_id": self.trial_id,
             "steps": self.steps,
@@ -115,20 +144,13 @@ class SweepOverhead:
     ray_start_s: float
     ray_shutdown_s: float
     trials: list[TrialOverhead] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
 
-    def figure(self) -> dict[str, Any]:
-        """``sweep.overhead_share`` in the bench's figure layout (median/min/max over the trials)."""
-        shares = [t.overhead_share for t in self.trials]
-        return {
-            "median": statistics.median(shares),
-            "min": min(shares),
-            "max": max(shares),
-            "unit": "share",
-            "runs": len(shares),
-        }
+    def stats(self) -> Stats:
+        """``sweep.overhead_share`` over the trials."""
+        return summarize([t.overhead_share for t in self.trials])
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, object]:
         return {
             "sweep_wall_s": self.sweep_wall_s,
             "ray_start_s": self.ray_start_s,
@@ -138,10 +160,8 @@ class SweepOverhead:
         }
 
 
-def overhead_spec(workdir: Path, *, trials: int, steps: int, size: int, category: str) -> Any:
+def overhead_spec(workdir: Path, *, trials: int, steps: int, size: int, category: str) -> SweepSpec:
     """The smoke sweep spec shrunk to one category and ``trials`` sequential FIFO trials of ``steps`` steps."""
-    from sweeps.spec import load_sweep_spec
-
     return load_sweep_spec("smoke").with_changes(
         {
             "name": "bench-overhead",
@@ -173,7 +193,7 @@ def measure_sweep_overhead(
     category: str = "carpet",
     num_cpus: int | None = None,
     step_repeats: int = 3,
-    tracking: Callable[[str, list[Any]], TrackingHooks] | None = None,
+    tracking: Tracking | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SweepOverhead:
     """Run a tiny local sweep and split each trial's wall time into training steps and overhead.
@@ -186,22 +206,14 @@ def measure_sweep_overhead(
         category: generated category the sweep runs on.
         num_cpus: CPUs of the local Ray instance (None: all).
         step_repeats: timed steps when measuring a trial configuration's step time.
-        tracking: ``tracking(sweep_id, plans) -> (callbacks_for, close)``: driver-side trackers to
-            include in the measurement (``memseg bench`` passes MLflow tracking here).
+        tracking: driver-side trackers to include in the measurement (``memseg bench`` passes MLflow
+            tracking here).
         log: progress lines.
 
     Raises:
         RuntimeError: when Ray is already initialised in this process (the start-up would not be
             measured) or a trial did not finish.
     """
-    import ray
-
-    from memseg.bench import BenchData, measure_training_step, torch_threads
-    from memseg.data.datasets import category_splits
-    from sweeps import driver
-    from sweeps.dataset import ensure_dataset
-    from sweeps.trainable import trial_config
-
     log = log or (lambda _line: None)
     if ray.is_initialized():
         msg = "measure_sweep_overhead: Ray is already initialised in this process; run it in a fresh process"
@@ -209,6 +221,9 @@ def measure_sweep_overhead(
     workdir = Path(workdir).resolve()
     spec = overhead_spec(workdir, trials=trials, steps=steps, size=size, category=category)
     g = spec.data.generate
+    if g is None:
+        msg = "sweep overhead: the smoke spec has no data.generate section to generate its data with"
+        raise RuntimeError(msg)
     ensure_dataset(Path(spec.data.root), spec.categories, size=g.size, n_train=g.n_train, n_test_good=g.n_test_good,
                    n_test_defect=g.n_test_defect, seed=g.seed)
     key = uuid.uuid4().hex
@@ -221,16 +236,16 @@ def measure_sweep_overhead(
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
         ray_start = time.monotonic() - started
-        plans = driver.plan_sweep(spec, sweep_id, spec.categories)
+        plans = plan_sweep(spec, sweep_id, spec.categories)
         hooks = tracking(sweep_id, plans) if tracking is not None else None
 
-        def callbacks_for(plan: Any) -> list[Any]:
-            extra = list(hooks[0](plan)) if hooks is not None else []
+        def callbacks_for(plan: CategoryPlan) -> list[Callback]:
+            extra = list(hooks.callbacks_for(plan)) if hooks is not None else []
             return [*extra, TrialTimer(key)]
 
-        result = driver.run_sweep(spec, plans, callbacks_for=callbacks_for)
+        result = run_sweep(spec, plans, callbacks_for=callbacks_for)
         if hooks is not None:
-            hooks[1](result)
+            hooks.close(result)
     finally:
         stopping = time.monotonic()
         if ray.is_initialized():
@@ -271,8 +286,7 @@ def measure_sweep_overhead(
             _, splits = category_splits(cfg)
             data = BenchData(Path(cfg.data.root), splits.memory, splits.train)
             with torch_threads(1):
-                stats, _ = measure_training_step(cfg, data, repeats=step_repeats, warmup=1)
-            step_cache[cfg_key] = stats.median
+                step_cache[cfg_key] = measure_training_step(cfg, data, repeats=step_repeats, warmup=1).step_s.median
         step_s = step_cache[cfg_key]
         n_steps = int(t.step or 0)
         out.trials.append(
@@ -290,3 +304,35 @@ def measure_sweep_overhead(
         msg = "sweep overhead: no trial has both a start and an end time"
         raise RuntimeError(msg)
     return out
+
+
+def record_sweep_overhead(
+    report: BenchReport,
+    workdir: str | Path,
+    *,
+    trials: int = 2,
+    steps: int = 8,
+    size: int = 64,
+    step_repeats: int = 3,
+    tracking: Tracking | None = None,
+    log: Callable[[str], None] | None = None,
+) -> bool:
+    """Measure the sweep overhead (:func:`measure_sweep_overhead`) into ``report``.
+
+    Returns:
+        False when the measurement failed: the figure is then recorded as skipped with the error,
+        and the rest of the report is kept (the caller exits non-zero).
+    """
+    log = log or (lambda _line: None)
+    try:
+        overhead = measure_sweep_overhead(workdir, trials=trials, steps=steps, size=size, step_repeats=step_repeats,
+                                          tracking=tracking, log=log)
+        stats = overhead.stats()
+    except Exception as exc:  # any failure of a real Ray sweep; the other sections' figures stay valid
+        log(f"sweep overhead failed: {type(exc).__name__}: {exc}")
+        report.skip(OVERHEAD, f"failed: {type(exc).__name__}: {exc}")
+        return False
+    report.add(OVERHEAD, stats)
+    report.details["sweep_overhead"] = overhead.details()
+    report.derived["sweep_step_share_per_trial"] = ", ".join(f"{1 - t.overhead_share:.1%}" for t in overhead.trials)
+    return True

@@ -31,7 +31,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def torch_threads() -> Iterator[None]:
     """Run the test with one torch thread (the CPU is shared with other test processes), then restore."""
-    from memseg.bench import torch_threads as one_thread
+    from memseg.bench.machine import torch_threads as one_thread
 
     with one_thread(1):
         yield

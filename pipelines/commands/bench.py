@@ -1,8 +1,9 @@
 """``memseg bench``: measure synthesis, data loading, training, inference and sweep overhead on this machine.
 
-The handler parses flags and merges two measurements: :func:`memseg.bench.run_bench` (pure memseg)
-and :func:`sweeps.bench_overhead.measure_sweep_overhead` (a tiny local Ray sweep, tracked in a
-throw-away SQLite MLflow store like ``memseg sweep`` without a tracking server).
+The handler parses flags and calls the two halves of the bench into one report:
+:func:`memseg.bench.run.run_bench` (pure memseg) and :func:`sweeps.bench_overhead.record_sweep_overhead`
+(a tiny local Ray sweep, tracked in a throw-away SQLite MLflow store like ``memseg sweep`` without a
+tracking server). ``--compare`` calls :mod:`memseg.bench.compare`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sweeps.bench_overhead import Tracking
+    from sweeps.driver import CategoryPlan
 
 HELP = "measure throughput and latency of synthesis, data loading, training, inference and sweeps"
 DESCRIPTION = """\
@@ -66,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-sweep", action="store_true", help="do not measure the sweep overhead (no Ray)")
     p.add_argument("--sweep-trials", type=int, default=2, metavar="N", help="trials of the overhead sweep (default: 2)")
     p.add_argument("--sweep-steps", type=int, default=8, metavar="N", help="steps per overhead trial (default: 8)")
-    p.add_argument("--sweep-size", type=int, default=64, metavar="PX", help="image size of the overhead sweep (default: 64)")
+    p.add_argument(
+        "--sweep-size", type=int, default=64, metavar="PX", help="image size of the overhead sweep (default: 64)"
+    )
     p.add_argument("--no-mlflow", action="store_true", help="leave MLflow tracking out of the overhead sweep")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument(
@@ -87,45 +94,45 @@ def handle(args: argparse.Namespace) -> int:
     if args.max_regression is not None:
         print("memseg bench: --max-regression goes with --compare BASE NEW", file=sys.stderr)
         return 2
-    from memseg.bench import BenchSettings, format_table, run_bench
+    from memseg.bench.report import format_table
+    from memseg.bench.run import run_bench
+    from memseg.bench.workload import BenchSettings
+    from sweeps import bench_overhead
 
     settings = BenchSettings(
         device=args.device, size=args.size, source_size=args.source_size, quick=args.quick, repeats=args.repeats,
         warmup=args.warmup, weights=args.weights, category=args.category, workers=args.workers,
         threads=args.threads, dtd_root=args.dtd_root, clock=args.clock,
     )
-    status = 0
 
     def log(line: str) -> None:
         print(f"[bench] {line}", file=sys.stderr, flush=True)
 
     report = run_bench(settings, sections=args.sections, log=log)
+    ok = True
     if args.skip_sweep:
-        report.skip("sweep.overhead_share", "--skip-sweep")
+        report.skip(bench_overhead.OVERHEAD, "--skip-sweep")
     else:
-        try:
-            overhead = _sweep_overhead(args, log)
-        except Exception as exc:  # noqa: BLE001 - reported in the JSON and the exit status, the rest is kept
-            log(f"sweep overhead failed: {type(exc).__name__}: {exc}")
-            report.skip("sweep.overhead_share", f"failed: {type(exc).__name__}: {exc}")
-            status = 1
-        else:
-            report.figures["sweep.overhead_share"] = overhead.figure()
-            report.details["sweep_overhead"] = overhead.details()
-            shares = overhead.trials
-            report.derived["sweep_step_share_per_trial"] = ", ".join(f"{1 - t.overhead_share:.1%}" for t in shares)
+        with tempfile.TemporaryDirectory(prefix="memseg-bench-sweep-") as tmp:
+            ok = bench_overhead.record_sweep_overhead(
+                report, tmp, trials=args.sweep_trials, steps=args.sweep_steps, size=args.sweep_size,
+                step_repeats=2 if args.quick else 3,
+                tracking=None if args.no_mlflow else _mlflow_tracking(Path(tmp) / "mlflow"), log=log,
+            )
     print(format_table(report))
     if args.json:
         path = report.write_json(args.json)
         print(f"\nJSON: {path}")
-    return status
+    return 0 if ok else 1
 
 
 def _compare(base_path: str, new_path: str, *, max_regression: float | None) -> int:
-    from memseg.bench_compare import compare_reports, format_comparison, load_report, regressions
+    from memseg.bench.compare import compare_reports, format_comparison, load_report, regressions
+    from memseg.bench.run import declared_figures
+    from sweeps.bench_overhead import FIGURES as SWEEP_FIGURES
 
     base, new = load_report(base_path), load_report(new_path)
-    changes = compare_reports(base, new)
+    changes = compare_reports(base, new, [*declared_figures(), *SWEEP_FIGURES])
     print(f"base {base_path}\nnew  {new_path}\n")
     print(format_comparison(base, new, changes))
     if max_regression is None:
@@ -136,29 +143,18 @@ def _compare(base_path: str, new_path: str, *, max_regression: float | None) -> 
     return 1 if worse else 0
 
 
-def _sweep_overhead(args: argparse.Namespace, log: Any) -> Any:
-    """Run the overhead sweep (with driver-side MLflow tracking unless --no-mlflow) in a temporary folder."""
-    from sweeps.bench_overhead import measure_sweep_overhead
+def _mlflow_tracking(folder: Path) -> Tracking:
+    """MLflow tracking of the overhead sweep in a SQLite store in ``folder``, as ``memseg sweep`` tracks."""
+    from pipelines import tracking as mlt
+    from sweeps.bench_overhead import TrackingHooks
 
-    with tempfile.TemporaryDirectory(prefix="memseg-bench-sweep-") as tmp:
-        tracking = None if args.no_mlflow else _mlflow_tracking(Path(tmp) / "mlflow")
-        return measure_sweep_overhead(
-            tmp, trials=args.sweep_trials, steps=args.sweep_steps, size=args.sweep_size,
-            step_repeats=2 if args.quick else 3, tracking=tracking, log=log,
-        )
-
-
-def _mlflow_tracking(folder: Path) -> Any:
-    """``tracking(sweep_id, plans) -> (callbacks_for, close)`` with a SQLite store in ``folder``."""
-
-    def tracking(sweep_id: str, plans: list[Any]) -> tuple[Any, Any]:
-        from pipelines import tracking as mlt
-
-        uri = mlt.local_store_uri(folder)
-        tracker = mlt.SweepTracking(uri, sweep_id, spec_name="bench-overhead",
+    def tracking(sweep_id: str, plans: list[CategoryPlan]) -> TrackingHooks:
+        tracker = mlt.SweepTracking(mlt.local_store_uri(folder), sweep_id, spec_name="bench-overhead",
                                     artifact_location=(folder / "artifacts").as_uri())
         callbacks = {p.category: [tracker.callback(p)] for p in plans}
-        return (lambda plan: callbacks[plan.category]), (lambda result: mlt.close_sweep(tracker, plans,
-                                                                                        result.categories))
+        return TrackingHooks(
+            callbacks_for=lambda plan: callbacks[plan.category],
+            close=lambda result: mlt.close_sweep(tracker, plans, result.categories),
+        )
 
     return tracking

@@ -1,4 +1,4 @@
-"""``memseg bench --compare``: changes beyond the min-max noise, in the right direction per unit."""
+"""``memseg bench --compare``: changes beyond the min-max noise, in the direction each figure declares."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
-from memseg.bench_compare import compare_reports, format_comparison, load_report, regressions
+from memseg.bench.compare import UNDECLARED, compare_reports, format_comparison, load_report, regressions
+from memseg.bench.figures import Better, Figure
+from memseg.bench.run import declared_figures
 from memseg.errors import ConfigError
 from pipelines.cli import main
+
+OVERHEAD = Figure("sweep.overhead_share", "share", Better.LOWER, "declared by the sweeps layer")
+FIGURES = [*declared_figures(), OVERHEAD]
 
 
 def _fig(median: float, lo: float, hi: float, unit: str, runs: int = 5) -> dict[str, Any]:
@@ -46,7 +51,7 @@ NEW = _report(
 
 
 def test_verdicts_follow_the_unit_and_the_ranges() -> None:
-    changes = {c.name: c for c in compare_reports(BASE, NEW)}
+    changes = {c.name: c for c in compare_reports(BASE, NEW, FIGURES)}
     assert changes["train.step_s"].verdict == "worse"
     assert changes["train.step_s"].change == pytest.approx(0.2)
     assert changes["infer.batch8_images_per_s"].verdict == "better"
@@ -59,6 +64,30 @@ def test_verdicts_follow_the_unit_and_the_ranges() -> None:
     text = format_comparison(BASE, NEW, list(changes.values()))
     assert "machine.git_commit: aaa  ->  bbb" in text
     assert "1 better, 1 worse, 2 within noise" in text
+    assert [c.name for c in compare_reports(BASE, NEW, FIGURES)][:2] == ["train.step_s", "train.peak_host_memory_mib"]
+
+
+def test_the_declared_direction_decides_not_the_unit() -> None:
+    """A share that is better higher and a rate that is better lower: the declaration wins."""
+    hit_rate = Figure("cache.hit_share", "share", Better.HIGHER, "")
+    wait = Figure("queue.wait_samples_per_s", "samples/s", Better.LOWER, "")
+    base = _report("a", cache__hit_share=_fig(0.5, 0.49, 0.51, "share"),
+                   queue__wait_samples_per_s=_fig(10, 9, 11, "samples/s"))
+    new = _report("a", cache__hit_share=_fig(0.7, 0.69, 0.71, "share"),
+                  queue__wait_samples_per_s=_fig(20, 19, 21, "samples/s"))
+    changes = {c.name: c for c in compare_reports(base, new, [hit_rate, wait])}
+    assert changes["cache.hit_share"].verdict == "better"
+    assert changes["queue.wait_samples_per_s"].verdict == "worse"
+    assert [c.name for c in regressions(list(changes.values()), 0.5)] == ["queue.wait_samples_per_s"]
+
+
+def test_an_undeclared_figure_gets_its_change_but_no_verdict() -> None:
+    base = _report("a", extra__thing=_fig(1.0, 0.9, 1.1, "s"))
+    new = _report("a", extra__thing=_fig(3.0, 2.9, 3.1, "s"))
+    (change,) = compare_reports(base, new, FIGURES)
+    assert change.name == "extra.thing" and change.change == pytest.approx(2.0)
+    assert change.verdict == UNDECLARED and change.better is None
+    assert regressions([change], 0.0) == []
 
 
 def test_load_report_names_the_file(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 Each figure's medians are compared, and the change counts only where the two runs' [min, max]
 ranges do not overlap. That is the noise a shared machine adds. A figure measured once (peak memory)
-has no range, so it gets +-5 % of its median. Seconds, milliseconds, MiB and the
-overhead share are better lower; rates are better higher. What differs between the machines (CPU,
-torch, device, thread settings) is printed first, because a comparison across machines is a
-comparison of machines, not of code.
+has no range, so it gets +-5 % of its median. Which way is better comes from the figure's
+declaration (:class:`~memseg.bench.figures.Figure`). What differs between the machines (CPU, torch,
+device, thread settings) is printed first, because a comparison across machines is a comparison of
+machines, not of code.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memseg.bench import FIGURES, fmt, render_rows
+from memseg.bench.figures import Better, Figure
+from memseg.bench.report import fmt, render_rows
 from memseg.config import read_yaml_mapping
 from memseg.errors import ConfigError
 
-LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "MiB", "share"})
 # Machine fields worth showing when they differ (the rest, e.g. load average, always differ).
 MACHINE_FIELDS = ("cpu_model", "cpu_count", "cpus_available", "torch", "device", "device_name", "git_commit", "env")
 SINGLE_RUN_TOLERANCE = 0.05
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
+UNDECLARED = "no direction (figure not declared)"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class FigureChange:
         base: median in the base report (None: missing or skipped there).
         new: median in the new report (None: missing or skipped there).
         change: ``new / base - 1`` of the medians (None when either is missing).
-        verdict: ``better``, ``worse``, ``within noise`` (ranges overlap), or why there is no comparison.
+        verdict: ``better``, ``worse``, ``within noise`` (ranges overlap), or why there is no verdict.
+        better: the declared direction (None for a figure no section declares).
     """
 
     name: str
@@ -46,6 +48,7 @@ class FigureChange:
     new: float | None
     change: float | None
     verdict: str
+    better: Better | None = None
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -62,47 +65,59 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return report
 
 
-def _measured(figure: Any) -> bool:
-    return isinstance(figure, Mapping) and "median" in figure
+def _median(entry: object) -> float | None:
+    if isinstance(entry, Mapping) and isinstance(entry.get("median"), int | float):
+        return float(entry["median"])
+    return None
 
 
-def _range(figure: Mapping[str, Any]) -> tuple[float, float]:
-    if int(figure.get("runs", 1)) < 2:
-        m = float(figure["median"])
+def _range(entry: Mapping[str, Any]) -> tuple[float, float]:
+    if int(entry.get("runs", 1)) < 2:
+        m = float(entry["median"])
         return m - abs(m) * SINGLE_RUN_TOLERANCE, m + abs(m) * SINGLE_RUN_TOLERANCE
-    return float(figure["min"]), float(figure["max"])
+    return float(entry["min"]), float(entry["max"])
 
 
-def _verdict(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    lower_better = base.get("unit") in LOWER_IS_BETTER_UNITS
+def _verdict(base: Mapping[str, Any], new: Mapping[str, Any], better: Better) -> str:
     (b_lo, b_hi), (n_lo, n_hi) = _range(base), _range(new)
     if n_lo > b_hi:
-        return WORSE if lower_better else BETTER
+        return BETTER if better is Better.HIGHER else WORSE
     if n_hi < b_lo:
-        return BETTER if lower_better else WORSE
+        return WORSE if better is Better.HIGHER else BETTER
     return NOISE
 
 
-def compare_reports(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[FigureChange]:
-    """Every figure of either report, in the bench's order, with its change and verdict."""
+def _missing(base: object, new: object) -> str:
+    if base is None or new is None:
+        return "only in new" if base is None else "only in base"
+    if _median(base) is None and _median(new) is None:
+        return "skipped in both"
+    return "skipped in base" if _median(base) is None else "skipped in new"
+
+
+def compare_reports(
+    base: Mapping[str, Any], new: Mapping[str, Any], figures: Sequence[Figure]
+) -> list[FigureChange]:
+    """Every figure of either report with its change and verdict: the declared ``figures`` first, in
+    their order, then any other name sorted (compared, but without a verdict)."""
+    declared = {f.name: f for f in figures}
     bf, nf = base["figures"], new["figures"]
-    names = [*FIGURES, *sorted((set(bf) | set(nf)) - set(FIGURES))]
+    names = [*declared, *sorted((set(bf) | set(nf)) - set(declared))]
     out = []
     for name in names:
         b, n = bf.get(name), nf.get(name)
         if b is None and n is None:
             continue
-        unit = (b or n or {}).get("unit", FIGURES.get(name, ("", ""))[0])
-        if not (_measured(b) and _measured(n)):
-            if b is None or n is None:
-                why = "only in new" if b is None else "only in base"
-            else:
-                why = "skipped in " + ("both" if not (_measured(b) or _measured(n)) else "base" if _measured(n) else "new")
-            out.append(FigureChange(name, unit, b.get("median") if _measured(b) else None,
-                                    n.get("median") if _measured(n) else None, None, why))
+        figure = declared.get(name)
+        unit = figure.unit if figure else str((b or n or {}).get("unit", ""))
+        b_median, n_median = _median(b), _median(n)
+        better = figure.better if figure else None
+        if b_median is None or n_median is None:
+            out.append(FigureChange(name, unit, b_median, n_median, None, _missing(b, n), better))
             continue
-        change = n["median"] / b["median"] - 1 if b["median"] else None
-        out.append(FigureChange(name, unit, b["median"], n["median"], change, _verdict(b, n)))
+        change = n_median / b_median - 1 if b_median else None
+        verdict = _verdict(b, n, figure.better) if figure else UNDECLARED
+        out.append(FigureChange(name, unit, b_median, n_median, change, verdict, better))
     return out
 
 
@@ -112,7 +127,7 @@ def regressions(changes: Sequence[FigureChange], max_regression: float) -> list[
     for c in changes:
         if c.verdict != WORSE or c.change is None:
             continue
-        loss = c.change if c.unit in LOWER_IS_BETTER_UNITS else -c.change
+        loss = c.change if c.better is Better.LOWER else -c.change
         if loss > max_regression:
             out.append(c)
     return out
@@ -144,5 +159,7 @@ def format_comparison(base: Mapping[str, Any], new: Mapping[str, Any], changes: 
     lines.extend(render_rows(rows))
     counts = {v: sum(c.verdict == v for c in changes) for v in (BETTER, WORSE, NOISE)}
     lines.append("")
-    lines.append(f"{counts[BETTER]} better, {counts[WORSE]} worse, {counts[NOISE]} within noise (min-max ranges overlap)")
+    lines.append(
+        f"{counts[BETTER]} better, {counts[WORSE]} worse, {counts[NOISE]} within noise (min-max ranges overlap)"
+    )
     return "\n".join(lines)
