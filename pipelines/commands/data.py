@@ -1,4 +1,4 @@
-"""``memseg data synth|download|check``: make, fetch and verify MVTec-layout datasets."""
+"""``memseg data synth|realistic|download|check``: make, fetch and verify MVTec-layout datasets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 DESCRIPTION = """\
 Datasets in the MVTec AD layout (<root>/<category>/train/good, test/<defect>, ground_truth/<defect>).
 
-  synth     generate a synthetic dataset under the 15 MVTec category names (demos, CI, tests)
-  download  fetch the real MVTec AD (or DTD textures): resumable, checksum-verified, unpacked, checked
-  check     list every layout problem of a dataset root (missing masks, corrupt PNGs, size mismatches)
+  synth      generate a synthetic dataset under the 15 MVTec category names (demos, CI, tests)
+  realistic  generate the realistic benchmark: real surface photographs with independently drawn defects
+  download   fetch the real MVTec AD (or DTD textures): resumable, checksum-verified, unpacked, checked
+  check      list every layout problem of a dataset root (missing masks, corrupt PNGs, size mismatches)
 """
 
 SYNTH_EPILOG = """\
@@ -22,6 +23,20 @@ training-time synthesis. grid, screw and zipper are written as grayscale PNGs li
 example:
   memseg data synth --out data/synthetic --size 128
   memseg data synth --out data/small --size 64 --categories carpet bottle --n-train 24
+"""
+
+REALISTIC_EPILOG = """\
+Normal images are crops of CC0/public-domain photographs shipped inside scikit-image's wheel (no
+download): brick, grass, gravel (grayscale), wood_table and tissue (colour); normal variation by crop,
+scale, small rotation, flips and camera drift. Test defects (crack, scratch, stain, pitting, cut_paste,
+warp; four types per category) are drawn by processes independent of MemSeg's training synthesis, and
+their masks are the defects' footprints. benchmark.json beside the categories records the photos
+(licence, SHA-256), seed, size, counts and a SHA-256 of every category. Needs the bench-data extra:
+pip install 'memseg[bench-data]'.
+
+example:
+  memseg data realistic --out data/realistic --size 128
+  memseg data realistic --out data/realistic_s1 --categories brick gravel --seed 1
 """
 
 DOWNLOAD_EPILOG = """\
@@ -58,16 +73,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     synth.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
-    synth.add_argument("--size", type=int, default=128, metavar="PX", help="square image size in pixels (default 128)")
+    synth.add_argument("--size", type=int, default=128, metavar="PX", help="square image size (default 128)")
     synth.add_argument("--categories", nargs="+", metavar="NAME", help="subset of categories (default: all 15)")
-    synth.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good images per category (default 40)")
-    synth.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good images per category (default 8)")
+    synth.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good per category (default 40)")
+    synth.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good per category (default 8)")
     synth.add_argument(
-        "--n-test-defect", type=int, default=12, metavar="N", help="defective test images per category, dealt over its defect "
-        "types (default 12)",
+        "--n-test-defect", type=int, default=12, metavar="N",
+        help="defective test images per category, dealt over its defect types (default 12)",
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
     synth.set_defaults(handler=_synth)
+
+    realistic = sub.add_parser(
+        "realistic", help="generate the realistic benchmark (surface photos, independent defects)",
+        epilog=REALISTIC_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate the realistic benchmark in the MVTec AD layout: crops of real surface photographs "
+        "as normal images, defects drawn independently of the training synthesis.",
+    )
+    realistic.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
+    realistic.add_argument("--size", type=int, default=128, metavar="PX", help="square image size (default 128)")
+    realistic.add_argument("--categories", nargs="+", metavar="NAME", help="subset of categories (default: all five)")
+    realistic.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good per category (default 40)")
+    realistic.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good per category (default 8)")
+    realistic.add_argument(
+        "--n-test-defect", type=int, default=16, metavar="N",
+        help="defective test images per category, dealt over its four defect types (default 16)",
+    )
+    realistic.add_argument("--seed", type=int, default=0, help="same seed, same files byte for byte (default 0)")
+    realistic.set_defaults(handler=_realistic)
 
     download = sub.add_parser(
         "download", help="download MVTec AD or DTD", epilog=DOWNLOAD_EPILOG,
@@ -113,6 +146,20 @@ def _synth(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(categories)} categories ({args.size} px, seed {args.seed}) to {root} "
           f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _realistic(args: argparse.Namespace) -> int:
+    from memseg.data.surface_photos import CATEGORIES, METADATA_FILE, generate_dataset
+
+    categories = args.categories or list(CATEGORIES)
+    start = time.perf_counter()
+    root = generate_dataset(
+        args.out, size=args.size, categories=categories, n_train=args.n_train, n_test_good=args.n_test_good,
+        n_test_defect=args.n_test_defect, seed=args.seed,
+    )
+    print(f"wrote {len(categories)} realistic categories ({args.size} px, seed {args.seed}) to {root} "
+          f"in {time.perf_counter() - start:.1f} s; sources, licences and checksums in {root / METADATA_FILE}")
     return 0
 
 
