@@ -52,6 +52,14 @@ class DataConfig(_Section):
         "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
         "checkpoint and trial selection do not reward fitting the training synthesis.",
     )
+    val_anomaly_source: Literal["training_synthesis", "held_out"] = Field(
+        "training_synthesis",
+        description="Where the validation anomalies come from: 'training_synthesis' = the training-time "
+        "synthesis (Perlin mask, texture/structure source, blending); 'held_out' = a defect painter the "
+        "training synthesis never produces (polygon/ellipse/band masks: shading ramps, smears, colour casts, "
+        "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
+        "checkpoint and trial selection do not reward fitting the training synthesis.",
+    )
     dtd_root: str | None = Field(
         None, description="DTD root (holding images/<class>/*.jpg); None = procedural textures."
     )
