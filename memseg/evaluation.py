@@ -1,25 +1,32 @@
-"""Batched anomaly maps and the metrics of one evaluation set (spec section 4).
+"""Batched anomaly maps and the metrics of one evaluation set (see docs/model.md, "Evaluation and scoring").
 
-The anomaly map is the model's softmax channel 1 (no smoothing, as in [OFF] and [TT]); the metrics
-come from :func:`memseg.metrics.compute_metrics`. Used by the training loop (validation and test),
-``memseg evaluate`` and :mod:`memseg.inference`.
+The anomaly map is the model's softmax channel 1 (no smoothing, as in the authors' code); the
+metrics come from :func:`memseg.metrics.compute_metrics`. Used by the training loop (validation and
+test), :mod:`memseg.inference`, and through :func:`evaluate_split` by ``memseg evaluate``, the
+registration of a sweep winner and the promotion gate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from memseg.config import EvalConfig
+from memseg.config import EvalConfig, MemSegConfig
+from memseg.data.datasets import EvalSet, build_validation_set, category_splits, load_test_set
+from memseg.data.mvtec import list_category
+from memseg.errors import MemSegError
 from memseg.metrics import compute_metrics
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+Split = Literal["test", "val"]
+SPLITS: tuple[Split, ...] = ("test", "val")
 
 
 def inference_autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -114,7 +121,7 @@ def predict_maps(
         with torch.no_grad(), autocast:
             for start in range(0, n, batch_size):
                 batch = _batch_to_tensor(images, start, min(start + batch_size, n), device)
-                maps = model.anomaly_map(batch).float().cpu().numpy()
+                maps = model.anomaly_map(batch).float().cpu().numpy()  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
                 if out is None:
                     out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
                 out[start : start + maps.shape[0]] = maps
@@ -155,3 +162,61 @@ def evaluate_model(
         maps, masks, labels, defect_types, top_k=eval_cfg.top_k, fpr_limit=eval_cfg.aupro_fpr_limit
     )
     return metrics, maps
+
+
+def load_split(cfg: MemSegConfig, split: Split) -> EvalSet:
+    """The images of one split of ``cfg``'s category, at ``data.image_size``.
+
+    ``test``: the category's ``test/`` folder (the figures to report, never to choose with).
+    ``val``: the held-out ``train/good`` images, each clean and with ``data.val_anomalies_per_image``
+    synthetic anomalies drawn with ``eval.val_seed``: exactly the set training selected on.
+
+    Raises:
+        MemSegError: naming the category folder when the split has no images.
+    """
+    if split == "test":
+        files = list_category(cfg.data.root, cfg.data.category)
+        data = load_test_set(files.test, cfg.data.image_size)
+    elif split == "val":
+        _, splits = category_splits(cfg)
+        data = build_validation_set(splits.val, cfg)
+    else:
+        msg = f"split must be one of {', '.join(SPLITS)}, got {split!r}"
+        raise ValueError(msg)
+    if len(data) == 0:
+        msg = f"{cfg.data.root}/{cfg.data.category}: the {split} split has no images"
+        raise MemSegError(msg)
+    return data
+
+
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """A model's figures on one split: the data, its metrics and its float32 ``(N, H, W)`` maps."""
+
+    split: Split
+    data: EvalSet
+    metrics: dict[str, float]
+    maps: np.ndarray
+
+
+def evaluate_split(
+    model: nn.Module,
+    cfg: MemSegConfig,
+    split: Split = "test",
+    device: torch.device | str | None = None,
+    *,
+    per_defect_type: bool = True,
+) -> SplitEvaluation:
+    """Evaluate a loaded model on a split of its category (:func:`load_split`).
+
+    Args:
+        model: the model (e.g. from :func:`memseg.inference.load_checkpoint`), memory built.
+        cfg: its config, possibly with ``data.root``/``data.category``/``eval.*`` changed.
+        split: ``test`` or ``val``.
+        device: where to run; None = where the model is.
+        per_defect_type: also compute ``"<metric>/<defect type>"`` figures.
+    """
+    data = load_split(cfg, split)
+    defect_types = data.defect_types if per_defect_type else None
+    metrics, maps = evaluate_model(model, data.images, data.masks, data.labels, defect_types, cfg.eval, device)
+    return SplitEvaluation(split, data, metrics, maps)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from memseg.errors import MemSegError
+from pipelines.errors import SweepInterrupted
 
 # Order is the order in `memseg --help`.
 COMMANDS = ("data", "train", "evaluate", "predict", "bench", "sweep", "pipeline", "promote", "report")
@@ -35,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pipelines.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pipelines.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"pipelines.commands.{name}").register(sub)
     return parser
 
 
@@ -61,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except MemSegError as exc:
         print(f"memseg: error: {exc}", file=sys.stderr)
         return 1
+    except SweepInterrupted as exc:
+        print(f"\n{exc}", flush=True)
+        sys.stderr.flush()
+        os._exit(130)  # the study threads cannot be joined; Ray ends this job's trials with the driver
     except KeyboardInterrupt:
         print("memseg: interrupted", file=sys.stderr)
         return 130

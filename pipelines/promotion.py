@@ -1,33 +1,63 @@
 """The promotion gate: may the ``challenger`` version of a category replace its ``champion``?
 
-Two halves, kept apart so that the rule is testable without MLflow (style guide 8.1):
+Two halves, kept apart so that the rule is testable without MLflow:
 
 * :func:`decide` is pure: it compares two metric dicts measured on the SAME held-out data under a
   :class:`PromotionPolicy` and returns a :class:`Decision` (promote or not, and why).
 * :func:`promote_category` is the MLflow side effect: it evaluates both versions on the gate data
   (see :class:`PromotionPolicy.data`), calls :func:`decide`, writes the decision and
   both sets of figures as version tags, and moves the ``champion`` alias. Stages are never touched
-  (deprecated since MLflow 2.9; platform notes 2.5).
+  (deprecated since MLflow 2.9).
 
-All metrics in the gate are "higher is better" (AUROC, AUPRO, F1-max), so the rule is one-sided.
+The primary metric defaults to the challenger's selection metric (its ``selection_metric`` tag without
+the ``val_`` prefix), so a sweep that selected on AUPRO is also gated on AUPRO. All metrics in the
+gate are "higher is better" (AUROC, AUPRO, F1-max), so the rule is one-sided.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from memseg.errors import ConfigError
-from memseg.metrics import keys
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-TAG_PREFIX = "gate."
+from memseg.config import EvalConfig, MemSegConfig
+from memseg.data.datasets import build_validation_set
+from memseg.data.mvtec import Sample, list_category
+from memseg.data.splits import make_splits
+from memseg.errors import CheckpointError, ConfigError
+from memseg.evaluation import load_split
+from memseg.inference import load_checkpoint, predict
+from memseg.metrics import compute_metrics, keys
+from memseg.training import resolve_device
+from pipelines.registry import tracking_client
+from pipelines.schema import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_CHAMPION_VERSION,
+    GATE_DATA,
+    GATE_DECIDED_AT,
+    GATE_DECISION,
+    GATE_DELTA,
+    GATE_METRIC,
+    GATE_POLICY,
+    GATE_REASON,
+    GATE_REPLACED_BY,
+    PROMOTED,
+    REFUSED,
+    REPORTED_METRICS,
+    RegisteredVersion,
+    gate_figure_tag,
+)
 
 
 class PromotionPolicy(BaseModel):
@@ -39,7 +69,11 @@ class PromotionPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: str = Field(keys.PIXEL_AUROC, description="Primary metric the challenger must improve.")
+    metric: str | None = Field(
+        None,
+        description="Primary metric the challenger must improve; None = the challenger's selection metric "
+        "(its `selection_metric` tag without `val_`).",
+    )
     margin: float = Field(
         0.0, ge=0.0, le=1.0, description="Challenger must beat the champion by MORE than this on `metric`."
     )
@@ -60,8 +94,8 @@ class PromotionPolicy(BaseModel):
 
     @field_validator("metric")
     @classmethod
-    def _known_metric(cls, value: str) -> str:
-        return _check_metric(value)
+    def _known_metric(cls, value: str | None) -> str | None:
+        return None if value is None else _check_metric(value)
 
     @field_validator("guard_metrics")
     @classmethod
@@ -76,24 +110,47 @@ class PromotionPolicy(BaseModel):
             raise ValueError(msg)
         return value
 
+    def for_selection(self, selection_metric: str) -> PromotionPolicy:
+        """This policy with ``metric`` filled from a ``val_*`` selection metric when it is unset."""
+        if self.metric is not None:
+            return self
+        return make_policy(**{**self.model_dump(), "metric": selection_metric.removeprefix(keys.VAL_PREFIX)})
 
-GATE_METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO, keys.IMAGE_F1_MAX, keys.PIXEL_F1_MAX)
+    @property
+    def primary(self) -> str:
+        """The primary metric (:meth:`for_selection` fills it when the policy leaves it to the model)."""
+        if self.metric is None:
+            msg = "promotion.metric: unset; resolve it with PromotionPolicy.for_selection(<selection metric>)"
+            raise ConfigError(msg)
+        return self.metric
 
 
 def _check_metric(name: str) -> str:
-    if name not in GATE_METRICS:
-        msg = f"unknown gate metric {name!r} (valid: {', '.join(GATE_METRICS)})"
+    if name not in REPORTED_METRICS:
+        msg = f"unknown gate metric {name!r} (valid: {', '.join(REPORTED_METRICS)})"
         raise ValueError(msg)
     return name
 
 
-def make_policy(**overrides: Any) -> PromotionPolicy:
-    """A policy with ``None`` overrides dropped; invalid values raise :class:`ConfigError` naming the key."""
-    from pydantic import ValidationError
+def make_policy(
+    *,
+    metric: str | None = None,
+    margin: float | None = None,
+    guard_metrics: tuple[str, ...] | None = None,
+    guard_tolerance: float | None = None,
+    floor: float | None = None,
+    data: str | None = None,
+) -> PromotionPolicy:
+    """A policy with ``None`` arguments left at their defaults.
 
-    values = {k: v for k, v in overrides.items() if v is not None}
+    Raises:
+        ConfigError: naming the key of an invalid value.
+    """
+    given = {"metric": metric, "margin": margin, "guard_metrics": guard_metrics, "guard_tolerance": guard_tolerance,
+             "floor": floor, "data": data}
+    values = {k: v for k, v in given.items() if v is not None}
     try:
-        return PromotionPolicy(**values)
+        return PromotionPolicy.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"promotion.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
@@ -124,17 +181,13 @@ class Decision:
 
     @property
     def verdict(self) -> str:
-        return "promoted" if self.promote else "refused"
+        return PROMOTED if self.promote else REFUSED
 
     def as_tags(self) -> dict[str, str]:
         """The decision as flat string tags (the figures themselves are tagged separately)."""
-        tags = {
-            f"{TAG_PREFIX}decision": self.verdict,
-            f"{TAG_PREFIX}reason": self.reason,
-            f"{TAG_PREFIX}metric": self.metric,
-        }
+        tags = {GATE_DECISION: self.verdict, GATE_REASON: self.reason, GATE_METRIC: self.metric}
         if self.delta is not None:
-            tags[f"{TAG_PREFIX}delta"] = f"{self.delta:.6f}"
+            tags[GATE_DELTA] = f"{self.delta:.6f}"
         return tags
 
 
@@ -150,22 +203,21 @@ def decide(
     Args:
         challenger: metrics of the candidate on the gate data.
         champion: metrics of the current champion on the SAME data, or ``None``.
-        policy: thresholds.
+        policy: thresholds, with its primary metric set (:meth:`PromotionPolicy.for_selection`).
 
     A metric missing from a dict (undefined on the gate data, e.g. AUROC with one class) counts as
     NaN, so it cannot pass.
     """
+    metric = policy.primary
     challenger = _with_nan(challenger, policy)
     champion = _with_nan(champion, policy) if champion is not None else None
-    value = float(challenger[policy.metric])
+    value = float(challenger[metric])
     if champion is None:
         ok = value >= policy.floor  # False for NaN
-        reason = (
-            f"first model: {policy.metric}={value:.4f} {'>=' if ok else '<'} floor {policy.floor:.4f}"
-        )
-        return Decision(ok, reason, policy.metric, value, None, None)
+        reason = f"first model: {metric}={value:.4f} {'>=' if ok else '<'} floor {policy.floor:.4f}"
+        return Decision(ok, reason, metric, value, None, None)
 
-    base = float(champion[policy.metric])
+    base = float(champion[metric])
     delta = value - base
     regressions = {}
     for guard in policy.guard_metrics:
@@ -174,29 +226,29 @@ def decide(
             regressions[guard] = drop
     improved = delta > policy.margin
     if improved and not regressions:
-        reason = f"{policy.metric} {value:.4f} vs {base:.4f}: +{delta:.4f} > margin {policy.margin:.4f}"
-        return Decision(True, reason, policy.metric, value, base, delta)
+        reason = f"{metric} {value:.4f} vs {base:.4f}: +{delta:.4f} > margin {policy.margin:.4f}"
+        return Decision(True, reason, metric, value, base, delta)
     parts = []
     if not improved:
-        parts.append(f"{policy.metric} {value:.4f} vs {base:.4f}: {delta:+.4f} not > margin {policy.margin:.4f}")
+        parts.append(f"{metric} {value:.4f} vs {base:.4f}: {delta:+.4f} not > margin {policy.margin:.4f}")
     if regressions:
         parts.append(
             "guard regression: "
             + ", ".join(f"{g} -{d:.4f} > tolerance {policy.guard_tolerance:.4f}" for g, d in regressions.items())
         )
-    return Decision(False, "; ".join(parts), policy.metric, value, base, delta, regressions)
+    return Decision(False, "; ".join(parts), metric, value, base, delta, regressions)
 
 
 def _with_nan(metrics: Mapping[str, float], policy: PromotionPolicy) -> dict[str, float]:
     out = {k: float(v) for k, v in metrics.items()}
-    for name in (policy.metric, *policy.guard_metrics):
+    for name in (policy.primary, *policy.guard_metrics):
         out.setdefault(name, math.nan)
     return out
 
 
 def figure_tags(role: str, metrics: Mapping[str, float]) -> dict[str, str]:
     """``{"gate.<role>.<metric>": "0.987654"}`` for every gate metric present."""
-    return {f"{TAG_PREFIX}{role}.{k}": f"{float(v):.6f}" for k, v in metrics.items() if k in GATE_METRICS}
+    return {gate_figure_tag(role, k): f"{float(v):.6f}" for k, v in metrics.items() if k in REPORTED_METRICS}
 
 
 # --- the gate data -------------------------------------------------------------------------------------
@@ -213,13 +265,13 @@ class GateData:
         description: what the data is, stored as the ``gate.data`` tag.
     """
 
-    images: Any
-    masks: Any
-    labels: Any
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
     description: str
 
 
-def gate_data(challenger_cfg: Any, champion_cfg: Any | None, policy: PromotionPolicy,
+def gate_data(challenger_cfg: MemSegConfig, champion_cfg: MemSegConfig | None, policy: PromotionPolicy,
               data_root: str | None = None) -> GateData:
     """Build the gate data (see :attr:`PromotionPolicy.data`).
 
@@ -232,27 +284,21 @@ def gate_data(challenger_cfg: Any, champion_cfg: Any | None, policy: PromotionPo
 
     ``test``: the category's test split (real defects), at the challenger's image size.
     """
-    import numpy as np
-
-    from memseg.data.datasets import build_validation_set, load_test_set
-    from memseg.data.mvtec import list_category
-    from memseg.data.splits import make_splits
-
-    cfg = challenger_cfg
-    root = data_root or cfg.data.root
-    if data_root:
-        cfg = cfg.with_overrides({"data.root": data_root})
-    files = list_category(root, cfg.data.category)
+    cfg = challenger_cfg.with_overrides({"data.root": data_root}) if data_root else challenger_cfg
+    files = list_category(cfg.data.root, cfg.data.category)
     description = ""
     if policy.data == "val":
-        def val_paths(c: Any) -> list:
+        def val_samples(c: MemSegConfig) -> list[Sample]:
+            if c.model.memory_size is None:
+                msg = f"{c.data.category}: model.memory_size is unresolved in the checkpoint's config"
+                raise ConfigError(msg)
             splits = make_splits(files, c.model.memory_size, c.model.memory_selection, c.data.val_fraction,
                                  c.data.val_min_images, c.eval.val_seed)
             return splits.val
 
-        shared = val_paths(cfg)
+        shared = val_samples(cfg)
         if champion_cfg is not None:
-            theirs = {str(s.path) for s in val_paths(champion_cfg)}
+            theirs = {str(s.path) for s in val_samples(champion_cfg)}
             shared = [s for s in shared if str(s.path) in theirs]
         if len(shared) >= cfg.data.val_min_images:
             evalset = build_validation_set(shared, cfg)
@@ -262,34 +308,25 @@ def gate_data(challenger_cfg: Any, champion_cfg: Any | None, policy: PromotionPo
             description = (f"test (fallback: the validation splits share {len(shared)} < "
                            f"{cfg.data.val_min_images} images)")
     if not description.startswith("val"):
-        evalset = load_test_set(files.test, cfg.data.image_size)
+        evalset = load_split(cfg, "test")
         description = description or f"test: {len(files.test)} images"
     images = (evalset.images.permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
     return GateData(images, evalset.masks, evalset.labels, description)
 
 
-def measure(checkpoint: Any, data: GateData, *, device: str = "auto", top_k: int | None = None,
-            fpr_limit: float | None = None) -> dict[str, float]:
+def measure(checkpoint: Path, data: GateData, *, rule: EvalConfig, device: str = "auto") -> dict[str, float]:
     """Metrics of one checkpoint on the gate data (maps via :func:`memseg.inference.predict`).
 
-    ``top_k``/``fpr_limit`` default to the checkpoint's ``eval`` settings; pass the challenger's for both
-    versions so that the two are scored by the same rule.
+    Scored by ``rule`` (``top_k``, ``aupro_fpr_limit``): pass the challenger's ``eval`` settings for
+    both versions so that the two are scored alike. Maps come back at the gate data's size whatever
+    the version's own image size.
     """
-    import numpy as np
-
-    from memseg.inference import load_checkpoint, predict
-    from memseg.metrics import compute_metrics
-    from memseg.training.loop import resolve_device
-
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, dev)
     predictions = predict(model, list(data.images), cfg, dev)
     maps = np.stack([p.anomaly_map for p in predictions])
-    metrics = compute_metrics(
-        maps, data.masks, data.labels, None,
-        top_k=top_k or cfg.eval.top_k, fpr_limit=fpr_limit or cfg.eval.aupro_fpr_limit,
-    )
-    return {k: float(v) for k, v in metrics.items() if k in GATE_METRICS}
+    metrics = compute_metrics(maps, data.masks, data.labels, None, top_k=rule.top_k, fpr_limit=rule.aupro_fpr_limit)
+    return {k: float(v) for k, v in metrics.items() if k in REPORTED_METRICS}
 
 
 # --- the MLflow side effect ------------------------------------------------------------------------------
@@ -326,9 +363,7 @@ class PromotionOutcome:
         return "\n".join(lines)
 
 
-def _alias_version(client: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
+def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -337,39 +372,12 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
 
 def _download_checkpoint(name: str, version: str, dst: str) -> Path:
     """The version's checkpoint artifact (``artifacts/best_model.pt`` of the pyfunc), downloaded."""
-    import mlflow
-
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst))
     found = sorted(local.rglob("best_model.pt")) or sorted(local.rglob("*.pt"))
     if not found:
-        from memseg.errors import CheckpointError
-
         msg = f"models:/{name}/{version}: no checkpoint file in the model's artifacts"
         raise CheckpointError(msg)
     return found[0]
-
-
-def _recorded(version: Any) -> tuple[Decision, dict[str, float], dict[str, float]] | None:
-    tags = version.tags
-    if f"{TAG_PREFIX}decision" not in tags:
-        return None
-
-    def figures(role: str) -> dict[str, float]:
-        prefix = f"{TAG_PREFIX}{role}."
-        return {k[len(prefix):]: float(v) for k, v in tags.items() if k.startswith(prefix)}
-
-    ch, cp = figures(CHALLENGER), figures(CHAMPION)
-    metric = tags.get(f"{TAG_PREFIX}metric", "")
-    delta = tags.get(f"{TAG_PREFIX}delta")
-    decision = Decision(
-        promote=tags[f"{TAG_PREFIX}decision"] == "promoted",
-        reason=tags.get(f"{TAG_PREFIX}reason", ""),
-        metric=metric,
-        challenger_value=ch.get(metric, math.nan),
-        champion_value=cp.get(metric),
-        delta=float(delta) if delta is not None else None,
-    )
-    return decision, ch, cp
 
 
 def promote(tracking_uri: str, name: str, policy: PromotionPolicy, *, data_root: str | None = None,
@@ -379,34 +387,33 @@ def promote(tracking_uri: str, name: str, policy: PromotionPolicy, *, data_root:
     Decided once per version: a challenger that already carries a ``gate.decision`` tag is not
     evaluated again (``force=True`` re-decides). Both versions are measured afresh on the same
     :func:`gate_data`; the decision, the reason, the data and both sets of figures are written as tags
-    of the challenger version (``gate.*``); a promotion also tags the previous champion
-    ``gate.replaced_by``.
+    of the challenger version (``gate.*``, the decision last); a promotion also tags the previous
+    champion ``gate.replaced_by``. A policy without a metric gates on the challenger's selection metric.
 
     Raises:
         TrackingError: the server is not reachable (named).
+        SchemaError: the challenger version lacks a tag registration writes (named).
     """
-    import tempfile
-    import time
-
-    from memseg.inference import load_checkpoint
-    from pipelines.registry import tracking_client
-
     client = tracking_client(tracking_uri)
-    challenger = _alias_version(client, name, CHALLENGER)
+    challenger_version = _alias_version(client, name, CHALLENGER)
     champion = _alias_version(client, name, CHAMPION)
     before = champion.version if champion is not None else None
-    if challenger is None:
+    if challenger_version is None:
         return PromotionOutcome(name, None, before, before, None, note="no challenger version: nothing to decide")
+    challenger = RegisteredVersion.from_version(challenger_version)
     if champion is not None and champion.version == challenger.version:
         return PromotionOutcome(name, challenger.version, before, before, None,
                                 note=f"challenger v{challenger.version} is already the champion")
-    recorded = None if force else _recorded(challenger)
-    if recorded is not None:
-        decision, ch, cp = recorded
-        return PromotionOutcome(name, challenger.version, before, before, decision, ch, cp,
-                                challenger.tags.get(f"{TAG_PREFIX}data", ""),
+    if challenger.gate is not None and not force:
+        gate = challenger.gate
+        value = gate.value(CHALLENGER)
+        decision = Decision(gate.promoted, gate.reason, gate.metric, math.nan if value is None else value,
+                            gate.value(CHAMPION), gate.delta)
+        return PromotionOutcome(name, challenger.version, before, before, decision, dict(gate.challenger),
+                                dict(gate.champion), gate.data,
                                 note="decided earlier (gate tags on the version); --force to decide again")
 
+    policy = policy.for_selection(challenger.selection_metric)
     with tempfile.TemporaryDirectory(prefix="memseg-gate-") as tmp:
         ch_ckpt = _download_checkpoint(name, challenger.version, f"{tmp}/challenger")
         _, ch_cfg = load_checkpoint(ch_ckpt, "cpu")
@@ -415,27 +422,27 @@ def promote(tracking_uri: str, name: str, policy: PromotionPolicy, *, data_root:
             cp_ckpt = _download_checkpoint(name, champion.version, f"{tmp}/champion")
             _, cp_cfg = load_checkpoint(cp_ckpt, "cpu")
         data = gate_data(ch_cfg, cp_cfg, policy, data_root)
-        rule = {"top_k": ch_cfg.eval.top_k, "fpr_limit": ch_cfg.eval.aupro_fpr_limit}
-        ch_metrics = measure(ch_ckpt, data, device=device, **rule)
-        cp_metrics = measure(cp_ckpt, data, device=device, **rule) if cp_ckpt is not None else {}
+        ch_metrics = measure(ch_ckpt, data, rule=ch_cfg.eval, device=device)
+        cp_metrics = measure(cp_ckpt, data, rule=ch_cfg.eval, device=device) if cp_ckpt is not None else {}
     decision = decide(ch_metrics, cp_metrics if champion is not None else None, policy)
 
     tags = {
         **decision.as_tags(),
         **figure_tags(CHALLENGER, ch_metrics),
         **figure_tags(CHAMPION, cp_metrics),
-        f"{TAG_PREFIX}data": data.description,
-        f"{TAG_PREFIX}champion_version": before or "",
-        f"{TAG_PREFIX}policy": policy.model_dump_json(),
-        f"{TAG_PREFIX}decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        GATE_DATA: data.description,
+        GATE_CHAMPION_VERSION: before or "",
+        GATE_POLICY: policy.model_dump_json(),
+        GATE_DECIDED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, challenger.version, key, value)
+    verdict = tags.pop(GATE_DECISION)
+    for key, text in [*tags.items(), (GATE_DECISION, verdict)]:  # the decision last: it marks the set complete
+        client.set_model_version_tag(name, challenger.version, key, text)
     after = before
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
         after = challenger.version
         if before is not None:
-            client.set_model_version_tag(name, before, f"{TAG_PREFIX}replaced_by", challenger.version)
+            client.set_model_version_tag(name, before, GATE_REPLACED_BY, challenger.version)
     return PromotionOutcome(name, challenger.version, before, after, decision, ch_metrics, cp_metrics,
                             data.description)

@@ -1,4 +1,4 @@
-"""The registered model: an MLflow pyfunc over a MemSeg checkpoint, logged as code (issue 4, item 2).
+"""The registered model: an MLflow pyfunc over a MemSeg checkpoint, logged as code.
 
 Why a pyfunc and not ``mlflow.pytorch``: MLflow 3's pytorch flavour defaults to ``torch.export``
 (pt2), and the memory-bank nearest-neighbour selection is data dependent; pickling the module
@@ -30,7 +30,13 @@ import cv2
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.pyfunc import PythonModel
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
+
+from memseg.inference import load_checkpoint, predict
+from memseg.training import resolve_device
 
 IMAGE_COLUMN = "image"
 SCORE_COLUMN = "score"
@@ -101,12 +107,8 @@ def images_from_input(model_input: Any) -> list[np.ndarray]:
     return [decode_image(c, i) for i, c in enumerate(cells)]
 
 
-def signature() -> "mlflow.models.ModelSignature":
+def signature() -> ModelSignature:
     """Input: string column ``image``; output: ``score`` double and ``anomaly_map`` float[][]."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-    from mlflow.types.schema import Array
-
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
         outputs=Schema(
@@ -121,20 +123,14 @@ class MemSegPyfunc(PythonModel):
     ``model_config={"device": "cpu" | "cuda" | "auto"}`` picks the device (default ``auto``).
     """
 
-    def load_context(self, context: Any) -> None:
-        import torch
-
-        from memseg.inference import load_checkpoint
-
-        device = str((getattr(context, "model_config", None) or {}).get("device", "auto"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+    def load_context(self, context: PythonModelContext) -> None:
+        device = resolve_device(str((getattr(context, "model_config", None) or {}).get("device", "auto")))
         self.device = device
         self.model, self.cfg = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from memseg.inference import predict
-
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         images = images_from_input(model_input)
         predictions = predict(self.model, images, self.cfg, self.device)
         return pd.DataFrame(

@@ -1,4 +1,4 @@
-"""Registration of a category's sweep winner in the MLflow Model Registry (issue 4, item 1).
+"""Registration of a category's sweep winner in the MLflow Model Registry.
 
 After a category's study ends, its best trial (chosen on the VALIDATION selection metric, never on
 test) is evaluated once on the test split, logged as a pyfunc LoggedModel
@@ -11,7 +11,7 @@ second registration of the same winner finds it and returns it without evaluatin
 creating anything. A LoggedModel left behind by a crash between logging and registering is found
 the same way (LoggedModel tags) and reused.
 
-MLflow 3 specifics (platform notes 2.4/2.5): the LoggedModel is created with
+MLflow 3 specifics: the LoggedModel is created with
 ``initialize_logged_model(source_run_id=<the winner's trial run>)`` and filled by
 ``mlflow.pyfunc.log_model(model_id=...)``, so the winner's finished run is linked without being
 re-opened (re-opening would change its status and end time).
@@ -25,22 +25,50 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
+import cv2
+import mlflow
 import numpy as np
+import pandas as pd
+import pyarrow.fs
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, LoggedModelStatus
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.exceptions import MlflowException
 
+from memseg.config import MemSegConfig
+from memseg.data.mvtec import list_category, read_image
 from memseg.errors import MemSegError
-from memseg.metrics import keys
+from memseg.evaluation import evaluate_split
+from memseg.inference import load_checkpoint
+from memseg.metrics import image_scores, keys
+from memseg.training import resolve_device
+from memseg.training.checkpoint import BEST_MODEL_FILE, config_from_payload, load_model_file
+from memseg.visualize import panel
+from pipelines import pyfunc_model as pm
+from pipelines import schema
+from pipelines.schema import (
+    CHALLENGER,
+    HEATMAP_DIR,
+    LOGGED_MODEL_NAME,
+    REPORTED_METRICS,
+    ROLE_PARENT,
+    TAG_CATEGORY,
+    TAG_DATASET,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    ParentRun,
+    RegisteredVersion,
+    TrialRun,
+    experiment_name,
+)
+from pipelines.tracking import check_tracking_store, find_runs, git_commit
 
 log = logging.getLogger(__name__)
-
-CHALLENGER = "challenger"
-CHAMPION = "champion"
-LOGGED_MODEL_NAME = "memseg"
-HEATMAP_DIR = "test_heatmaps"
-TAG_SWEEP, TAG_TRIAL, TAG_CATEGORY = "sweep_id", "trial_id", "category"
-REPORTED = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO, keys.IMAGE_F1_MAX, keys.PIXEL_F1_MAX)
 
 
 class RegistrationError(MemSegError):
@@ -55,7 +83,7 @@ def model_name(dataset: str, category: str) -> str:
     def clean(text: str) -> str:
         return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "data"
 
-    return f"memseg-{clean(dataset)}-{clean(category)}"
+    return f"{schema.MODEL_PREFIX}{clean(dataset)}-{clean(category)}"
 
 
 def dataset_name(data_root: str | Path) -> str:
@@ -63,7 +91,7 @@ def dataset_name(data_root: str | Path) -> str:
     return Path(str(data_root).rstrip("/")).name or "data"
 
 
-def tracking_client(tracking_uri: str) -> Any:
+def tracking_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` for ``tracking_uri`` after a fast reachability check.
 
     The fluent ``mlflow.*`` calls used for LoggedModels point at the same URI (process-global: the
@@ -72,13 +100,9 @@ def tracking_client(tracking_uri: str) -> Any:
     Raises:
         TrackingError: naming the server when it does not answer.
     """
-    import mlflow
-
-    from pipelines.tracking import check_tracking_store
-
     check_tracking_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 # --- the winner -----------------------------------------------------------------------------------------
@@ -93,10 +117,10 @@ class Winner:
         checkpoint: its ``best_model.pt`` (weights, memory bank and config).
         val_metrics: the validation figures it was chosen on (``val_*`` keys).
         experiment_id: the sweep's MLflow experiment (the LoggedModel goes there).
+        selection_metric: the ``val_*`` metric that chose it (the checkpoint's ``eval.selection_metric``).
         run_id: the trial's MLflow run (the LoggedModel's source run), if tracked.
         parent_run_id: the (sweep, category) run, tagged with the registration, if tracked.
         dataset / dataset_fingerprint: which data it was trained on.
-        selection_metric: the ``val_*`` metric that chose it.
     """
 
     sweep_id: str
@@ -105,11 +129,11 @@ class Winner:
     checkpoint: Path
     val_metrics: Mapping[str, float]
     experiment_id: str
+    selection_metric: str
     run_id: str | None = None
     parent_run_id: str | None = None
     dataset: str = "data"
     dataset_fingerprint: str = ""
-    selection_metric: str = keys.VAL_PIXEL_AUROC
 
 
 @dataclass(frozen=True)
@@ -127,14 +151,12 @@ class Registration:
         return f"models:/{self.name}/{self.version}"
 
 
-def sweep_experiment_id(client: Any, sweep_id: str) -> str:
-    """The MLflow experiment of a sweep (``pipelines.tracking`` names it).
+def sweep_experiment_id(client: MlflowClient, sweep_id: str) -> str:
+    """The MLflow experiment of a sweep.
 
     Raises:
         RegistrationError: there is no such experiment on this server.
     """
-    from pipelines.tracking import experiment_name
-
     exp = client.get_experiment_by_name(experiment_name(sweep_id))
     if exp is None:
         msg = f"sweep {sweep_id!r}: no MLflow experiment {experiment_name(sweep_id)!r} on this tracking server"
@@ -142,19 +164,21 @@ def sweep_experiment_id(client: Any, sweep_id: str) -> str:
     return exp.experiment_id
 
 
-def parent_run(client: Any, experiment_id: str, sweep_id: str, category: str) -> Any | None:
+def parent_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[ParentRun]:
+    """Every category's parent run of a sweep (SchemaError when one lacks a tag the sweep writes)."""
+    runs = find_runs(client, experiment_id, {TAG_SWEEP: sweep_id, TAG_ROLE: ROLE_PARENT})
+    return [ParentRun.from_run(r) for r in runs]
+
+
+def parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, category: str) -> ParentRun | None:
     """The (sweep, category) parent run, or None."""
-    from pipelines.tracking import TAG_ROLE, find_runs
-
-    runs = find_runs(client, experiment_id, {TAG_SWEEP: sweep_id, TAG_CATEGORY: category, TAG_ROLE: "parent"})
-    return min(runs, key=lambda r: r.info.start_time) if runs else None
+    runs = find_runs(client, experiment_id, {TAG_SWEEP: sweep_id, TAG_CATEGORY: category, TAG_ROLE: ROLE_PARENT})
+    return ParentRun.from_run(min(runs, key=lambda r: r.info.start_time)) if runs else None
 
 
-def trial_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
     """The child (trial) runs of a parent run."""
-    from pipelines.tracking import PARENT_TAG, find_runs
-
-    return find_runs(client, experiment_id, {PARENT_TAG: parent_run_id})
+    return [TrialRun.from_run(r) for r in find_runs(client, experiment_id, {TAG_PARENT: parent_run_id})]
 
 
 def locate_checkpoint(experiment_path: str, trial_id: str, workdir: Path) -> Path:
@@ -166,10 +190,7 @@ def locate_checkpoint(experiment_path: str, trial_id: str, workdir: Path) -> Pat
     Raises:
         RegistrationError: naming the folder searched when there is no such file.
     """
-    import pyarrow.fs
-
-    from memseg.training.checkpoint import BEST_MODEL_FILE
-
+    fs: pyarrow.fs.FileSystem
     if "://" in experiment_path:
         fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
     else:
@@ -202,35 +223,31 @@ def find_winner(tracking_uri: str, sweep_id: str, category: str, *, workdir: Pat
     """The best trial of a category's finished study, read from MLflow (+ its checkpoint from Tune storage).
 
     The parent run's ``best_trial_id`` tag (set by the sweep) names it; without the tag the child
-    run with the highest ``tune_metric`` (the best-so-far validation metric) wins. Its validation
-    figures are read from the checkpoint itself, so they belong to exactly the registered weights.
+    run with the highest ``tune_metric`` (the parent's tag: the best-so-far validation metric) wins.
+    Its validation figures are read from the checkpoint itself, so they belong to exactly the
+    registered weights.
 
     Raises:
         RegistrationError: no such sweep/category, or no scored trial.
+        SchemaError: the parent run lacks a tag the sweep writes (named).
     """
-    from memseg.training.checkpoint import config_from_payload, load_model_file
-
     client = tracking_client(tracking_uri)
     experiment_id = sweep_experiment_id(client, sweep_id)
     parent = parent_run(client, experiment_id, sweep_id, category)
     if parent is None:
         msg = f"sweep {sweep_id!r} has no run for category {category!r}"
         raise RegistrationError(msg)
-    tags = parent.data.tags
-    children = trial_runs(client, experiment_id, parent.info.run_id)
-    trial_id = tags.get("best_trial_id")
-    if not trial_id:
-        metric = tags.get("tune_metric", f"best_{keys.VAL_PIXEL_AUROC}")
-        scored = [r for r in children if math.isfinite(r.data.metrics.get(metric, math.nan))]
+    children = trial_runs(client, experiment_id, parent.run_id)
+    trial_id = parent.best_trial_id
+    if trial_id is None:
+        metric = parent.tune_metric
+        scored = [r for r in children if math.isfinite(r.metrics.get(metric, math.nan))]
         if not scored:
             msg = f"sweep {sweep_id!r}, category {category!r}: no trial reported {metric}"
             raise RegistrationError(msg)
-        trial_id = max(scored, key=lambda r: r.data.metrics[metric]).data.tags[TAG_TRIAL]
-    run = next((r for r in children if r.data.tags.get(TAG_TRIAL) == trial_id), None)
-    if "experiment_path" not in tags:
-        msg = f"sweep {sweep_id!r}, category {category!r}: parent run lacks the experiment_path tag"
-        raise RegistrationError(msg)
-    checkpoint = locate_checkpoint(tags["experiment_path"], trial_id, workdir)
+        trial_id = max(scored, key=lambda r: r.metrics[metric]).trial_id
+    run = next((r for r in children if r.trial_id == trial_id), None)
+    checkpoint = locate_checkpoint(parent.experiment_path, trial_id, workdir)
     payload = load_model_file(checkpoint)
     cfg = config_from_payload(payload, checkpoint)
     return Winner(
@@ -240,15 +257,15 @@ def find_winner(tracking_uri: str, sweep_id: str, category: str, *, workdir: Pat
         checkpoint=checkpoint,
         val_metrics={k: float(v) for k, v in payload["metrics"].items() if k.startswith(keys.VAL_PREFIX)},
         experiment_id=experiment_id,
-        run_id=run.info.run_id if run is not None else None,
-        parent_run_id=parent.info.run_id,
-        dataset=dataset_name(cfg.data.root),
-        dataset_fingerprint=tags.get("dataset_fingerprint", ""),
         selection_metric=cfg.eval.selection_metric,
+        run_id=run.run_id if run is not None else None,
+        parent_run_id=parent.run_id,
+        dataset=dataset_name(cfg.data.root),
+        dataset_fingerprint=parent.dataset_fingerprint,
     )
 
 
-def find_version(client: Any, name: str, sweep_id: str, trial_id: str) -> Any | None:
+def find_version(client: MlflowClient, name: str, sweep_id: str, trial_id: str) -> ModelVersion | None:
     """The registered version of ``name`` holding this sweep's trial, or None."""
     found = client.search_model_versions(
         f"name = '{name}' and tags.{TAG_SWEEP} = '{sweep_id}' and tags.{TAG_TRIAL} = '{trial_id}'"
@@ -256,10 +273,7 @@ def find_version(client: Any, name: str, sweep_id: str, trial_id: str) -> Any | 
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def _find_logged_model(experiment_id: str, sweep_id: str, trial_id: str) -> Any | None:
-    import mlflow
-    from mlflow.entities import LoggedModelStatus
-
+def _find_logged_model(experiment_id: str, sweep_id: str, trial_id: str) -> LoggedModel | None:
     models = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
         filter_string=f"tags.{TAG_SWEEP} = '{sweep_id}' AND tags.{TAG_TRIAL} = '{trial_id}'",
@@ -291,20 +305,13 @@ def evaluate_on_test(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         n_panels: heat-map panels kept: the highest-scored defective images, then the top good one.
     """
-    from memseg.data.datasets import load_test_set
-    from memseg.data.mvtec import list_category
-    from memseg.evaluation import evaluate_model
-    from memseg.inference import load_checkpoint
-    from memseg.metrics import image_scores
-    from memseg.training.loop import resolve_device
-    from memseg.visualize import panel
-
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, dev)
-    files = list_category(data_root or cfg.data.root, cfg.data.category)
-    test = load_test_set(files.test, cfg.data.image_size)
-    metrics, maps = evaluate_model(model, test.images, test.masks, test.labels, None, cfg.eval, dev)
-    out = {f"{keys.TEST_PREFIX}{k}": float(v) for k, v in metrics.items() if k in REPORTED}
+    if data_root:
+        cfg = cfg.with_overrides({"data.root": data_root})
+    evaluation = evaluate_split(model, cfg, "test", dev, per_defect_type=False)
+    test, maps = evaluation.data, evaluation.maps
+    out = {f"{keys.TEST_PREFIX}{k}": float(v) for k, v in evaluation.metrics.items() if k in REPORTED_METRICS}
     scores = image_scores(maps, cfg.eval.top_k)
     defect = [i for i in np.argsort(-scores) if test.labels[i] == 1][: max(n_panels - 1, 0)]
     good = [i for i in np.argsort(-scores) if test.labels[i] == 0][:1]
@@ -323,38 +330,32 @@ def _fmt(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.6f}"
 
 
-def _version_tags(winner: Winner, cfg: Any, test_metrics: Mapping[str, float], model_id: str) -> dict[str, str]:
+def _version_tags(
+    winner: Winner, cfg: MemSegConfig, test_metrics: Mapping[str, float], model_id: str
+) -> dict[str, str]:
     tags = {
         TAG_SWEEP: winner.sweep_id,
         TAG_TRIAL: winner.trial_id,
         TAG_CATEGORY: winner.category,
-        "run_id": winner.run_id or "",
-        "model_id": model_id,
-        "dataset": winner.dataset,
-        "dataset_fingerprint": winner.dataset_fingerprint,
-        "git_commit": _git_commit(),
-        "image_size": str(cfg.data.image_size),
-        "backbone": cfg.model.backbone,
-        "backbone_weights": cfg.model.backbone_weights,
-        "selection_metric": winner.selection_metric,
+        schema.TAG_RUN_ID: winner.run_id or "",
+        schema.TAG_MODEL_ID: model_id,
+        TAG_DATASET: winner.dataset,
+        schema.TAG_FINGERPRINT: winner.dataset_fingerprint,
+        schema.TAG_GIT: git_commit(),
+        schema.TAG_IMAGE_SIZE: str(cfg.data.image_size),
+        schema.TAG_BACKBONE: cfg.model.backbone,
+        schema.TAG_BACKBONE_WEIGHTS: cfg.model.backbone_weights,
+        schema.TAG_SELECTION_METRIC: winner.selection_metric,
     }
     tags.update({k: _fmt(float(v)) for k, v in winner.val_metrics.items() if k.startswith(keys.VAL_PREFIX)})
     tags.update({k: _fmt(float(v)) for k, v in test_metrics.items()})
     return tags
 
 
-def _git_commit() -> str:
-    from pipelines.tracking import git_commit
-
-    return git_commit()
-
-
 def _pip_requirements() -> list[str]:
     # Explicit, so MLflow does not infer them by running the model in a subprocess. ``memseg`` is
     # this project's package (install it from the repository; `--env-manager local` uses the
     # current environment as is).
-    from importlib.metadata import PackageNotFoundError, version
-
     reqs = ["memseg"]
     for dist in ("torch", "timm", "numpy", "opencv-python-headless", "pandas", "pydantic", "pyyaml", "mlflow"):
         try:
@@ -364,12 +365,8 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def log_pyfunc(winner: Winner, cfg: Any, input_image: np.ndarray, tags: Mapping[str, str]) -> Any:
+def log_pyfunc(winner: Winner, cfg: MemSegConfig, input_image: np.ndarray, tags: Mapping[str, str]) -> LoggedModel:
     """Create the LoggedModel (linked to the winner's run) and fill it with the pyfunc; returns it."""
-    import mlflow
-
-    from pipelines import pyfunc_model as pm
-
     params = {k: str(v) for k, v in cfg.flatten().items()}
     logged = mlflow.initialize_logged_model(
         name=LOGGED_MODEL_NAME,
@@ -384,23 +381,13 @@ def log_pyfunc(winner: Winner, cfg: Any, input_image: np.ndarray, tags: Mapping[
         python_model=str(Path(pm.__file__).resolve()),
         artifacts={pm.CHECKPOINT_ARTIFACT: str(winner.checkpoint)},
         signature=pm.signature(),
-        input_example=_input_example(input_image),
+        input_example=pd.DataFrame({pm.IMAGE_COLUMN: [pm.encode_png(input_image)]}),
         pip_requirements=_pip_requirements(),
     )
     return mlflow.get_logged_model(logged.model_id)
 
 
-def _input_example(image: np.ndarray) -> Any:
-    import pandas as pd
-
-    from pipelines import pyfunc_model as pm
-
-    return pd.DataFrame({pm.IMAGE_COLUMN: [pm.encode_png(image)]})
-
-
-def _example_image(cfg: Any, data_root: str | None) -> np.ndarray:
-    from memseg.data.mvtec import list_category, read_image
-
+def _example_image(cfg: MemSegConfig, data_root: str | None) -> np.ndarray:
     files = list_category(data_root or cfg.data.root, cfg.data.category)
     sample = next((s for s in files.test if s.label == 1), files.test[0])
     return read_image(sample.path, cfg.data.image_size)
@@ -424,8 +411,6 @@ def register_winner(
         RegistrationError: the checkpoint is missing.
         TrackingError: the server is not reachable (named).
     """
-    from memseg.inference import load_checkpoint
-
     client = tracking_client(tracking_uri)
     name = model_name(winner.dataset, winner.category)
     existing = find_version(client, name, winner.sweep_id, winner.trial_id)
@@ -433,8 +418,8 @@ def register_winner(
         log.info("%s: sweep %s trial %s is already version %s", name, winner.sweep_id, winner.trial_id,
                  existing.version)
         _ensure_challenger(client, name, existing.version, created=False)
-        test = {k: float(v) for k, v in existing.tags.items() if k.startswith(keys.TEST_PREFIX) and is_number(v)}
-        return Registration(name, existing.version, existing.source, False, test)
+        recorded = RegisteredVersion.from_version(existing)
+        return Registration(name, recorded.version, recorded.source, False, dict(recorded.test_metrics))
     if not Path(winner.checkpoint).is_file():
         msg = f"{winner.category}: best trial {winner.trial_id} has no checkpoint at {winner.checkpoint}"
         raise RegistrationError(msg)
@@ -444,59 +429,57 @@ def register_winner(
     logged = _find_logged_model(winner.experiment_id, winner.sweep_id, winner.trial_id)
     if logged is None:
         base_tags = _version_tags(winner, cfg, evaluation.metrics, model_id="")
-        base_tags.pop("model_id")
+        base_tags.pop(schema.TAG_MODEL_ID)
         logged = log_pyfunc(winner, cfg, _example_image(cfg, data_root), base_tags)
     tags = _version_tags(winner, cfg, evaluation.metrics, logged.model_id)
 
     _ensure_registered_model(client, name, winner)
-    version = client.create_model_version(
+    created = client.create_model_version(
         name, source=f"models:/{logged.model_id}", run_id=winner.run_id, tags=tags, model_id=logged.model_id,
         description=f"Best trial {winner.trial_id} of sweep {winner.sweep_id} ({winner.selection_metric}).",
     )
-    _ensure_challenger(client, name, version.version, created=True)
-    _record_on_runs(client, winner, name, version.version, evaluation)
-    log.info("%s: registered version %s (sweep %s, trial %s)", name, version.version, winner.sweep_id,
+    _ensure_challenger(client, name, created.version, created=True)
+    _record_on_runs(client, winner, name, created.version, evaluation)
+    log.info("%s: registered version %s (sweep %s, trial %s)", name, created.version, winner.sweep_id,
              winner.trial_id)
-    return Registration(name, version.version, f"models:/{logged.model_id}", True, evaluation.metrics)
+    return Registration(name, created.version, f"models:/{logged.model_id}", True, evaluation.metrics)
 
 
-def is_number(text: str) -> bool:
-    """True when a tag value parses as a float (``nan`` included)."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def register_category(
+    tracking_uri: str, sweep_id: str, category: str, *, workdir: Path, data_root: str | None = None,
+    device: str = "auto",
+) -> Registration:
+    """The register stage for one category: find its sweep winner and register it (idempotent)."""
+    winner = find_winner(tracking_uri, sweep_id, category, workdir=workdir)
+    return register_winner(tracking_uri, winner, data_root=data_root, device=device)
 
 
-def _ensure_registered_model(client: Any, name: str, winner: Winner) -> None:
-    from mlflow.exceptions import MlflowException
-
+def _ensure_registered_model(client: MlflowClient, name: str, winner: Winner) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
             name,
-            tags={TAG_CATEGORY: winner.category, "dataset": winner.dataset},
+            tags={TAG_CATEGORY: winner.category, TAG_DATASET: winner.dataset},
             description=f"MemSeg for {winner.dataset}/{winner.category}. Aliases: champion (serving), "
             "challenger (latest sweep winner). Load with models:/<name>@champion.",
         )
 
 
-def _ensure_challenger(client: Any, name: str, version: str, *, created: bool) -> None:
+def _ensure_challenger(client: MlflowClient, name: str, version: str, *, created: bool) -> None:
     """A new version becomes ``challenger``; an old one only when the alias is missing (crash repair)."""
     if created or CHALLENGER not in client.get_registered_model(name).aliases:
         client.set_registered_model_alias(name, CHALLENGER, version)
 
 
-def _record_on_runs(client: Any, winner: Winner, name: str, version: str, evaluation: TestEvaluation) -> None:
+def _record_on_runs(
+    client: MlflowClient, winner: Winner, name: str, version: str, evaluation: TestEvaluation
+) -> None:
     """Test figures and heat-maps on the winner's run; the registration on the category's parent run."""
     if winner.run_id:
         for key, value in evaluation.metrics.items():
             client.log_metric(winner.run_id, key, value)
         with tempfile.TemporaryDirectory() as tmp:
-            import cv2
-
             for file, image in evaluation.panels:
                 cv2.imwrite(str(Path(tmp) / file), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             if evaluation.panels:
@@ -504,24 +487,27 @@ def _record_on_runs(client: Any, winner: Winner, name: str, version: str, evalua
     if winner.parent_run_id:
         for key, value in evaluation.metrics.items():
             client.log_metric(winner.parent_run_id, key, value)
-        for key, value in {
-            "best_trial_id": winner.trial_id,
-            "best_run_id": winner.run_id or "",
-            "registered_model": name,
-            "registered_version": version,
+        for key, text in {
+            schema.TAG_BEST_TRIAL: winner.trial_id,
+            schema.TAG_BEST_RUN: winner.run_id or "",
+            schema.TAG_REGISTERED_MODEL: name,
+            schema.TAG_REGISTERED_VERSION: version,
         }.items():
-            client.set_tag(winner.parent_run_id, key, value)
+            client.set_tag(winner.parent_run_id, key, text)
 
 
-def registered_models(client: Any, *, category: str | None = None, dataset: str | None = None) -> list[str]:
+def registered_models(
+    client: MlflowClient, *, category: str | None = None, dataset: str | None = None
+) -> list[str]:
     """Names of the ``memseg-*`` registered models, optionally of one category and/or dataset.
 
     Raises:
         RegistrationError: nothing matches, or ``category`` matches several datasets without ``dataset``.
     """
-    models, token = [], None
+    models: list[RegisteredModel] = []
+    token = None
     while True:
-        page = client.search_registered_models(filter_string="name LIKE 'memseg-%'", page_token=token)
+        page = client.search_registered_models(filter_string=f"name LIKE '{schema.MODEL_PREFIX}%'", page_token=token)
         models.extend(page)
         token = page.token
         if not token:
@@ -529,7 +515,7 @@ def registered_models(client: Any, *, category: str | None = None, dataset: str 
     names = sorted(
         m.name for m in models
         if (category is None or m.tags.get(TAG_CATEGORY) == category)
-        and (dataset is None or m.tags.get("dataset") == dataset)
+        and (dataset is None or m.tags.get(TAG_DATASET) == dataset)
     )
     if not names:
         what = " ".join(f"{k}={v}" for k, v in (("category", category), ("dataset", dataset)) if v) or "memseg-*"

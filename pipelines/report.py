@@ -1,4 +1,4 @@
-"""``memseg report``: a sweep's leaderboard and Optuna plots, read back from MLflow (issue 4, item 4).
+"""The report stage: a sweep's leaderboard and Optuna plots, read back from MLflow.
 
 Everything comes from the tracking server (and the sweep manifest for the trial resources), so the
 report can be written by anyone, any time after the sweep, on any machine that reaches the server:
@@ -14,7 +14,8 @@ report can be written by anyone, any time after the sweep, on any machine that r
   of the sweep (``report/``). Re-running overwrites both.
 
 Trials stopped early by ASHA enter the rebuilt study as COMPLETE with their last best-so-far value,
-which is what Ray's OptunaSearch told the live study (platform notes 1.4, P8).
+which is what Ray's OptunaSearch told the live study. The plots' objective is the category's
+``tune_metric`` (the best-so-far value of its selection metric), read from its parent run.
 """
 
 from __future__ import annotations
@@ -24,26 +25,35 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from mlflow import MlflowClient
 
 from memseg.metrics import keys
 from pipelines import leaderboard, registry, sweep_plots
 from pipelines.paper_results import paper_categories
+from pipelines.schema import (
+    HEATMAP_DIR,
+    PLOTS_ARTIFACT_DIR,
+    REPORT_ARTIFACT_DIR,
+    ParentRun,
+    RegisteredVersion,
+    TrialRun,
+)
+from sweeps.driver import read_manifest
+from sweeps.search_space import load_space
 
 log = logging.getLogger(__name__)
 
-REPORT_ARTIFACT_DIR = "report"
-PLOTS_ARTIFACT_DIR = "optuna"
-TAG_OUTCOME = "memseg.outcome"
 _STATE = {"finished": sweep_plots.COMPLETE, "pruned": sweep_plots.COMPLETE, "failed": sweep_plots.FAIL}
 
 
 @dataclass
 class CategoryReport:
-    """One category's row, its rebuilt study's plots and where they were logged."""
+    """One category's row, the metric it was selected on, its rebuilt study's plots and where they were logged."""
 
     result: leaderboard.CategoryResult
     parent_run_id: str
+    selection_metric: str
     plots: list[Path] = field(default_factory=list)
 
 
@@ -62,11 +72,9 @@ def _order(category: str) -> tuple[int, str]:
 def _resources(experiment_path: str, sweep_id: str) -> tuple[float, float]:
     """(CPUs, GPUs) per trial from the sweep manifest; (nan, nan) when it cannot be read."""
     try:
-        from sweeps.driver import read_manifest
-
         storage_root = experiment_path.rstrip("/").rsplit("/", 2)[0]
         recorded = read_manifest(storage_root, sweep_id)
-    except Exception as exc:  # noqa: BLE001 - the report goes on without resources
+    except Exception as exc:  # the report goes on without resources (storage gone, bucket unreachable)
         log.warning("sweep %s: cannot read the manifest near %s (%s)", sweep_id, experiment_path, exc)
         return math.nan, math.nan
     if recorded is None:
@@ -75,64 +83,57 @@ def _resources(experiment_path: str, sweep_id: str) -> tuple[float, float]:
     return float(spec.resources.cpu), float(spec.resources.gpu)
 
 
-def _space_fields(space_name: str | None) -> list[str] | None:
-    if not space_name:
-        return None
+def _space_fields(space_name: str) -> list[str] | None:
     try:
-        from sweeps.search_space import load_space
-
         return load_space(space_name).fields()
-    except Exception as exc:  # noqa: BLE001 - a custom space file may not exist here
+    except Exception as exc:  # a custom space file may not exist on this machine
         log.info("search space %r not readable here (%s): showing the params that vary", space_name, exc)
         return None
 
 
-def _trial_records(client: Any, runs: Sequence[Any], metric: str, curve: str,
+def _trial_records(client: MlflowClient, runs: Sequence[TrialRun], metric: str, curve: str,
                    fields: Sequence[str] | None) -> list[sweep_plots.TrialRecord]:
     records = []
-    for i, run in enumerate(sorted(runs, key=lambda r: r.info.start_time)):
-        outcome = run.data.tags.get(TAG_OUTCOME, "")
-        state = _STATE.get(outcome)
+    for i, run in enumerate(sorted(runs, key=lambda r: r.start_time)):
+        state = _STATE.get(run.outcome or "")
         if state is None:
             continue  # still running or stopped without a result
-        params = {k: v for k, v in run.data.params.items() if fields is None or k in fields}
-        value = run.data.metrics.get(metric)
-        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, curve)}
+        params = {k: v for k, v in run.params.items() if fields is None or k in fields}
+        value = run.metrics.get(metric)
+        history = {m.step: m.value for m in client.get_metric_history(run.run_id, curve)}
         records.append(sweep_plots.TrialRecord(i, params, value, state, history))
     return records
 
 
-def collect_category(client: Any, experiment_id: str, sweep_id: str, parent: Any, workdir: Path) -> CategoryReport:
+def collect_category(
+    client: MlflowClient, experiment_id: str, sweep_id: str, parent: ParentRun, workdir: Path
+) -> CategoryReport:
     """One category's leaderboard row (+ its heat-map panels downloaded into ``workdir``)."""
-    tags = parent.data.tags
-    category = tags[registry.TAG_CATEGORY]
-    children = registry.trial_runs(client, experiment_id, parent.info.run_id)
-    outcomes = [r.data.tags.get(TAG_OUTCOME, "") for r in children]
-    cpus, gpus = _resources(tags.get("experiment_path", ""), sweep_id)
-    hours = sum(
-        max(0, (r.info.end_time or r.info.start_time) - r.info.start_time) for r in children
-    ) / 3_600_000.0
+    category = parent.category
+    children = registry.trial_runs(client, experiment_id, parent.run_id)
+    outcomes = [r.outcome for r in children]
+    cpus, gpus = _resources(parent.experiment_path, sweep_id)
+    hours = sum(max(0, (r.end_time or r.start_time) - r.start_time) for r in children) / 3_600_000.0
 
-    best_id = tags.get("best_trial_id", "")
-    best_run = next((r for r in children if r.data.tags.get(registry.TAG_TRIAL) == best_id), None)
+    best_id = parent.best_trial_id or ""
+    best_run = next((r for r in children if r.trial_id == best_id), None)
     val: dict[str, float] = {}
     test: dict[str, float] = {}
     model = ""
     heatmaps: list[Path] = []
-    version = None
-    if tags.get("registered_model") and tags.get("registered_version"):
-        version = client.get_model_version(tags["registered_model"], tags["registered_version"])
+    if parent.registered_model and parent.registered_version:
+        version = RegisteredVersion.from_version(
+            client.get_model_version(parent.registered_model, parent.registered_version)
+        )
         model = f"{version.name}/{version.version}"
-        for k, v in version.tags.items():
-            if k.startswith((keys.VAL_PREFIX, keys.TEST_PREFIX)) and registry.is_number(v):
-                (val if k.startswith(keys.VAL_PREFIX) else test)[k] = float(v)
+        val, test = dict(version.val_metrics), dict(version.test_metrics)
     if best_run is not None:
         if not val:
-            val = {k: v for k, v in best_run.data.metrics.items() if k.startswith(keys.VAL_PREFIX)}
+            val = {k: v for k, v in best_run.metrics.items() if k.startswith(keys.VAL_PREFIX)}
         if not test:
-            test = {k: v for k, v in best_run.data.metrics.items() if k.startswith(keys.TEST_PREFIX)}
-        heatmaps = _download_heatmaps(client, best_run.info.run_id, workdir / "heatmaps" / category)
-    fields = _space_fields(tags.get("search_space"))
+            test = {k: v for k, v in best_run.metrics.items() if k.startswith(keys.TEST_PREFIX)}
+        heatmaps = _download_heatmaps(client, best_run.run_id, workdir / "heatmaps" / category)
+    fields = _space_fields(parent.search_space)
     params = _chosen_params(best_run, children, fields)
     result = leaderboard.CategoryResult(
         category=category,
@@ -148,38 +149,39 @@ def collect_category(client: Any, experiment_id: str, sweep_id: str, parent: Any
         model=model,
         heatmaps=heatmaps,
     )
-    metric = tags.get("tune_metric", f"best_{keys.VAL_PIXEL_AUROC}")
-    curve = metric.removeprefix("best_")
     study = sweep_plots.build_study(
-        _trial_records(client, children, metric, curve, fields), study_name=f"{sweep_id}-{category}"
+        _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
+        study_name=f"{sweep_id}-{category}",
     )
-    plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=metric)
-    return CategoryReport(result, parent.info.run_id, plots)
+    plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
+    return CategoryReport(result, parent.run_id, parent.selection_metric, plots)
 
 
-def _chosen_params(best_run: Any, children: Sequence[Any], fields: Sequence[str] | None) -> dict[str, Any]:
+def _chosen_params(
+    best_run: TrialRun | None, children: Sequence[TrialRun], fields: Sequence[str] | None
+) -> dict[str, object]:
     """The winner's values of the swept fields: space fields (all fields without a space file) that
     took more than one value across the category's trials; with a single trial, every space field."""
     if best_run is None:
         return {}
-    params = {k: sweep_plots.parse_param(v) for k, v in best_run.data.params.items() if fields is None or k in fields}
+    params = {k: sweep_plots.parse_param(v) for k, v in best_run.params.items() if fields is None or k in fields}
     if len(children) < 2:
         return params
     varying = sweep_plots.infer_distributions(
-        [sweep_plots.TrialRecord(i, r.data.params, None) for i, r in enumerate(children)]
+        [sweep_plots.TrialRecord(i, r.params, None) for i, r in enumerate(children)]
     )
     return {k: v for k, v in params.items() if k in varying}
 
 
-def _download_heatmaps(client: Any, run_id: str, dst: Path) -> list[Path]:
+def _download_heatmaps(client: MlflowClient, run_id: str, dst: Path) -> list[Path]:
     try:
-        names = [a.path for a in client.list_artifacts(run_id, registry.HEATMAP_DIR)]
-    except Exception:  # noqa: BLE001 - no panels is not an error
+        names = [a.path for a in client.list_artifacts(run_id, HEATMAP_DIR)]
+    except Exception:  # no panels is not an error
         return []
     if not names:
         return []
     dst.mkdir(parents=True, exist_ok=True)
-    local = Path(client.download_artifacts(run_id, registry.HEATMAP_DIR, str(dst)))
+    local = Path(client.download_artifacts(run_id, HEATMAP_DIR, str(dst)))
     return sorted(local.glob("*.png"))
 
 
@@ -188,24 +190,24 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
 
     Raises:
         RegistrationError: the sweep has no experiment or no category run on this server.
+        SchemaError: a run or version lacks a tag its stage writes (named).
         TrackingError: the server is not reachable (named).
     """
-    from pipelines.tracking import TAG_ROLE, find_runs
-
     client = registry.tracking_client(tracking_uri)
     experiment_id = registry.sweep_experiment_id(client, sweep_id)
-    parents = find_runs(client, experiment_id, {registry.TAG_SWEEP: sweep_id, TAG_ROLE: "parent"})
+    parents = registry.parent_runs(client, experiment_id, sweep_id)
     if not parents:
         msg = f"sweep {sweep_id!r}: no category runs in its MLflow experiment"
         raise registry.RegistrationError(msg)
-    parents.sort(key=lambda r: _order(r.data.tags.get(registry.TAG_CATEGORY, "")))
+    parents.sort(key=lambda p: _order(p.category))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     categories = [collect_category(client, experiment_id, sweep_id, p, out_dir) for p in parents]
+    selected_on = ", ".join(sorted({c.selection_metric for c in categories}))
     notes = [
         f"sweep {sweep_id}, MLflow experiment {experiment_id} at {tracking_uri}",
-        "val = best trial on the validation split (held-out train/good + fixed-seed synthetic anomalies), "
-        "the figure the sweep selected on; test = that trial's checkpoint on the test split, measured once "
+        f"val = best trial on the validation split (held-out train/good + fixed-seed synthetic anomalies), "
+        f"selected on {selected_on}; test = that trial's checkpoint on the test split, measured once "
         "at registration and never used for a choice",
         "CPU/GPU hours = trial run wall time x the trial's resources",
     ]

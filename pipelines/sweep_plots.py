@@ -1,6 +1,6 @@
-"""Optuna's pictures of a finished sweep, rebuilt after the fact from MLflow runs (issue 4, item 4).
+"""Optuna's pictures of a finished sweep, rebuilt after the fact from MLflow runs.
 
-Inside Ray Tune the Optuna study lives in the driver's memory (platform notes 1.4), so it is gone
+Inside Ray Tune the Optuna study lives in the driver's memory, so it is gone
 once the sweep ends. The child runs in MLflow hold everything the plots need: the trial's params
 and its metric. :func:`build_study` puts them back into an in-memory study with
 ``optuna.create_study`` + ``study.add_trial(optuna.trial.create_trial(...))``; :func:`plot_study`
@@ -21,10 +21,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import matplotlib
+import matplotlib.pyplot as plt
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,7 @@ def infer_distributions(trials: Sequence[TrialRecord]) -> dict[str, BaseDistribu
 def build_study(
     trials: Sequence[TrialRecord],
     *,
-    direction: str = "maximize",
+    direction: Literal["maximize", "minimize"] = "maximize",
     distributions: Mapping[str, BaseDistribution] | None = None,
     study_name: str = "sweep",
 ) -> optuna.Study:
@@ -146,10 +149,8 @@ def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     swept = sorted({p for t in complete for p in t.params})
-    plots: list[tuple[str, Any]] = [("optimization_history", {})]
+    plots: list[tuple[str, dict[str, Any]]] = [("optimization_history", {})]
     if len(complete) >= 2 and swept:
-        from optuna.importance import PedAnovaImportanceEvaluator
-
         # With few trials the default top-10% quantile holds < 2 trials; use at least two.
         q = min(0.5, max(0.1, 2.0 / len(complete)))
         plots.append(("param_importances", {"evaluator": PedAnovaImportanceEvaluator(target_quantile=q)}))
@@ -168,7 +169,9 @@ def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Path]
     return written
 
 
-def _render(study: optuna.Study, name: str, kwargs: dict, out_dir: Path, metric: str, use_plotly: bool) -> Path:
+def _render(
+    study: optuna.Study, name: str, kwargs: dict[str, Any], out_dir: Path, metric: str, use_plotly: bool
+) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if use_plotly:
@@ -176,11 +179,7 @@ def _render(study: optuna.Study, name: str, kwargs: dict, out_dir: Path, metric:
             path = out_dir / f"{name}.html"
             fig.write_html(str(path), include_plotlyjs="cdn")
             return path
-        import matplotlib
-
         matplotlib.use("Agg")  # headless: no display on workers or CI
-        import matplotlib.pyplot as plt
-
         ax = getattr(optuna.visualization.matplotlib, f"plot_{name}")(study, target_name=metric, **kwargs)
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(10, 6)

@@ -1,4 +1,4 @@
-"""MLflow tracking of sweeps, owned by the driver (platform-notes 1.11, pitfalls P1-P5, P18).
+"""MLflow tracking of sweeps, owned by the driver.
 
 Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs after
 ``Tuner.restore``. Here the driver owns every run's life cycle through a Tune callback:
@@ -17,6 +17,7 @@ Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + ca
 and resumed, never created twice; at the end of a study every run of the category is reconciled with
 its trial's final state, and a RUNNING run whose trial Tune no longer knows is closed as KILLED.
 Every call names its run id explicitly (``MlflowClient``; no global active run across threads).
+The tag names are :mod:`pipelines.schema`'s.
 
 The callback holds only plain values and creates its client lazily, because Tune pickles callbacks
 into the experiment state; credentials are never pickled (MLflow reads
@@ -33,32 +34,51 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
-from ray.tune import Callback
+import cv2
+import numpy as np
+import pyarrow.fs
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag
+from ray.tune import Callback, Checkpoint
+from ray.tune.experiment import Trial
 
 from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
+from pipelines import schema
+from pipelines.schema import (
+    ROLE_PARENT,
+    ROLE_TRIAL,
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_CATEGORY,
+    TAG_ERROR,
+    TAG_EXPERIMENT_PATH,
+    TAG_FAILURES,
+    TAG_FINGERPRINT,
+    TAG_GIT,
+    TAG_NODE,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_SPACE,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    TAG_TRIAL_DIR,
+    TAG_TUNE_METRIC,
+    experiment_name,
+)
+from sweeps.driver import CategoryPlan, CategoryResult, is_uri
 from sweeps.status import classify
 from sweeps.trainable import trial_config
 from sweeps.tune_callback import NODE_KEY
 
 logger = logging.getLogger(__name__)
 
-TAG_SWEEP = "sweep_id"
-TAG_CATEGORY = "category"
-TAG_TRIAL = "trial_id"
-TAG_ROLE = "memseg.role"
-TAG_OUTCOME = "memseg.outcome"
-TAG_FAILURES = "memseg.num_failures"
-TAG_ERROR = "memseg.error"
-TAG_GIT = "git_commit"
-TAG_FINGERPRINT = "dataset_fingerprint"
-TAG_SPACE = "search_space"
-TAG_NODE = "ray_node_id"
-PARENT_TAG = "mlflow.parentRunId"
+P = ParamSpec("P")
 
 CREDENTIAL_VARS = (
     "MLFLOW_TRACKING_USERNAME",
@@ -92,6 +112,19 @@ def local_store_uri(folder: str | Path) -> str:
     return f"sqlite:///{path / 'mlflow.db'}"
 
 
+def resolve_tracking_uri(tracking_uri: str | None, storage_path: str) -> str:
+    """Where to track: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite in the sweep storage.
+
+    The embedded default lives in the storage folder of the sweeps (``runs`` when the storage is a
+    bucket URI), so a sweep, its registration and its report find the same store without a flag.
+    """
+    if tracking_uri:
+        return tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return local_store_uri("runs" if is_uri(storage_path) else storage_path)
+
+
 def is_local_store(uri: str) -> bool:
     """True for stores only this machine can read: a file path, ``file:`` or ``sqlite:``."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
@@ -108,7 +141,7 @@ def check_tracking_store(uri: str, *, timeout_s: float = 10.0) -> None:
         return
     url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only, checked above
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             if resp.status != 200:
                 raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
     except urllib.error.HTTPError as exc:
@@ -154,10 +187,6 @@ def git_commit(repo: str | Path | None = None) -> str:
         return "unknown"
 
 
-def experiment_name(sweep_id: str) -> str:
-    return f"memseg-sweep-{sweep_id}"
-
-
 def ui_hint(uri: str, experiment_id: str) -> str:
     """How to look at the sweep: a link for a server, the ``mlflow ui`` command for a local store."""
     if uri.lower().startswith(("http://", "https://")):
@@ -165,19 +194,14 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/experiments/{experiment_id}"
 
 
-def _client(uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
 def _tag_filter(tags: Mapping[str, str]) -> str:
     return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
 
-def find_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
+def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> list[Run]:
     """Runs of the experiment carrying all ``tags`` (every page)."""
-    runs, token = [], None
+    runs: list[Run] = []
+    token = None
     while True:
         page = client.search_runs([experiment_id], filter_string=_tag_filter(tags), max_results=1000, page_token=token)
         runs.extend(page)
@@ -210,23 +234,23 @@ class SweepTracking:
         self.sweep_id = sweep_id
         self.spec_name = spec_name
         self.commit = commit or git_commit()
-        self.client = _client(uri)
+        self.client = MlflowClient(tracking_uri=uri)
         name = experiment_name(sweep_id)
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             self.experiment_id = self.client.create_experiment(
                 name, artifact_location=artifact_location,
-                tags={TAG_SWEEP: sweep_id, "sweep_spec": spec_name, "mlflow.note.content": description},
+                tags={TAG_SWEEP: sweep_id, schema.TAG_SPEC: spec_name, schema.TAG_NOTE: description},
             )
         else:
             self.experiment_id = exp.experiment_id
         self._parents: dict[str, str] = {}
 
-    def parent_run_id(self, plan: Any) -> str:
+    def parent_run_id(self, plan: CategoryPlan) -> str:
         """The (sweep, category) parent run: found by tags, created once, set RUNNING."""
         if plan.category in self._parents:
             return self._parents[plan.category]
-        tags = {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: plan.category, TAG_ROLE: "parent"}
+        tags = {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: plan.category, TAG_ROLE: ROLE_PARENT}
         found = find_runs(self.client, self.experiment_id, tags)
         if found:
             run_id = found[0].info.run_id
@@ -238,8 +262,8 @@ class SweepTracking:
                 run_name=f"{plan.category}",
                 tags={
                     **tags, TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint,
-                    TAG_SPACE: plan.space.space_name, "tune_metric": plan.metric,
-                    "experiment_path": plan.experiment_path,
+                    TAG_SPACE: plan.space.space_name, TAG_TUNE_METRIC: plan.metric,
+                    TAG_EXPERIMENT_PATH: plan.experiment_path,
                 },
             )
             run_id = run.info.run_id
@@ -247,7 +271,7 @@ class SweepTracking:
         self._parents[plan.category] = run_id
         return run_id
 
-    def callback(self, plan: Any) -> MlflowTrialCallback:
+    def callback(self, plan: CategoryPlan) -> MlflowTrialCallback:
         """The Tune callback that tracks one category's trials under its parent run."""
         return MlflowTrialCallback(
             tracking_uri=self.uri,
@@ -261,49 +285,52 @@ class SweepTracking:
             tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name},
         )
 
-    def finalize(self, plan: Any, result: Any) -> None:
+    def finalize(self, plan: CategoryPlan, result: CategoryResult | None) -> None:
         """Close the category's parent run (and any child still RUNNING) after its study ended.
 
-        ``result`` is the driver's ``CategoryResult``: the best trial goes to the parent as tags and
-        a metric; a category whose study crashed ends FAILED.
+        ``result`` is the driver's ``CategoryResult`` (None when the driver has none for the
+        category): the best trial goes to the parent as tags and a metric; a category whose study
+        crashed ends FAILED.
         """
         parent = self.parent_run_id(plan)
-        children = find_runs(self.client, self.experiment_id, {PARENT_TAG: parent})
+        children = find_runs(self.client, self.experiment_id, {TAG_PARENT: parent})
         for run in children:
             if run.info.status == "RUNNING":
                 self.client.set_tag(run.info.run_id, TAG_OUTCOME, "stopped")
                 self.client.set_terminated(run.info.run_id, status="KILLED")
-        best = getattr(result, "best", None)
+        best = result.best if result is not None else None
+        error = result.error if result is not None else None
         if best is not None:
-            self.client.set_tag(parent, "best_trial_id", best.trial_id)
+            self.client.set_tag(parent, TAG_BEST_TRIAL, best.trial_id)
             best_run = [r for r in children if r.data.tags.get(TAG_TRIAL) == best.trial_id]
             if best_run:
-                self.client.set_tag(parent, "best_run_id", best_run[0].info.run_id)
+                self.client.set_tag(parent, TAG_BEST_RUN, best_run[0].info.run_id)
             if best.score is not None and math.isfinite(best.score):
                 self.client.log_metric(parent, plan.metric, best.score)
-        if getattr(result, "error", None):
-            self.client.set_tag(parent, TAG_ERROR, str(result.error)[:5000])
-        self.client.set_terminated(parent, status="FAILED" if getattr(result, "error", None) else "FINISHED")
+        if error:
+            self.client.set_tag(parent, TAG_ERROR, str(error)[:5000])
+        self.client.set_terminated(parent, status="FAILED" if error else "FINISHED")
 
 
 # --- the per-category Tune callback (runs in the driver, in the category's Tuner thread) -----------
 
 
-def _logged(hook: Any) -> Any:
+def _logged(
+    hook: Callable[Concatenate[MlflowTrialCallback, P], None],
+) -> Callable[Concatenate[MlflowTrialCallback, P], None]:
     """Tracking must not kill a study: an MLflow error in a hook is logged (naming the URI) and skipped.
 
     The end-of-study reconciliation and :meth:`SweepTracking.finalize` repair run states afterwards.
     """
 
     @functools.wraps(hook)
-    def wrapper(self: MlflowTrialCallback, *args: Any, **kwargs: Any) -> None:
+    def wrapper(self: MlflowTrialCallback, *args: P.args, **kwargs: P.kwargs) -> None:
         try:
             hook(self, *args, **kwargs)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("MLflow tracking at %s failed in %s (%s)", self.tracking_uri, hook.__name__, self.category)
 
     return wrapper
-
 
 
 class MlflowTrialCallback(Callback):
@@ -331,11 +358,11 @@ class MlflowTrialCallback(Callback):
         self.step_budget = step_budget
         self.metric = metric
         self.tags = dict(tags)
-        self._client_obj: Any = None
+        self._client_obj: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._nodes: dict[str, str] = {}
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         state["_client_obj"] = None
         state["_runs"] = {}  # rebuilt from MLflow by tag, the source of truth
@@ -343,17 +370,17 @@ class MlflowTrialCallback(Callback):
         return state
 
     @property
-    def _client(self) -> Any:
+    def _client(self) -> MlflowClient:
         if self._client_obj is None:
-            self._client_obj = _client(self.tracking_uri)
+            self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client_obj
 
     # run lookup ----------------------------------------------------------------------------------
 
-    def _trial_tags(self, trial: Any) -> dict[str, str]:
+    def _trial_tags(self, trial: Trial) -> dict[str, str]:
         return {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: self.category, TAG_TRIAL: trial.trial_id}
 
-    def _existing_run(self, trial: Any) -> str | None:
+    def _existing_run(self, trial: Trial) -> str | None:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         found = find_runs(self._client, self.experiment_id, self._trial_tags(trial))
@@ -365,7 +392,7 @@ class MlflowTrialCallback(Callback):
         self._runs[trial.trial_id] = run.info.run_id
         return run.info.run_id
 
-    def run_for(self, trial: Any) -> str:
+    def run_for(self, trial: Trial) -> str:
         """The trial's child run: found by tags (after a restore or a retry) or created once."""
         run_id = self._existing_run(trial)
         if run_id is not None:
@@ -374,8 +401,8 @@ class MlflowTrialCallback(Callback):
             self.experiment_id,
             run_name=f"{self.category}-{trial.trial_id}",
             tags={
-                **self._trial_tags(trial), **self.tags, PARENT_TAG: self.parent_run_id, TAG_ROLE: "trial",
-                "trial_dir": str(getattr(trial, "path", "") or ""),
+                **self._trial_tags(trial), **self.tags, TAG_PARENT: self.parent_run_id, TAG_ROLE: ROLE_TRIAL,
+                TAG_TRIAL_DIR: str(getattr(trial, "path", "") or ""),
             },
         )
         run_id = run.info.run_id
@@ -387,7 +414,7 @@ class MlflowTrialCallback(Callback):
     # Tune hooks ----------------------------------------------------------------------------------
 
     @_logged
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self._existing_run(trial)
         if run_id is None:
             self.run_for(trial)
@@ -400,9 +427,9 @@ class MlflowTrialCallback(Callback):
             _log_params(self._client, run_id, _params_of(cfg))
 
     @_logged
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric, RunTag
-
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         step = result.get("step")
         if step is None:
             return
@@ -422,32 +449,34 @@ class MlflowTrialCallback(Callback):
             self._nodes[trial.trial_id] = node
 
     @_logged
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
+    ) -> None:
         step = (trial.last_result or {}).get("step")
         run_id = self.run_for(trial)
         for name, image in read_heatmaps(checkpoint):
             self._client.log_image(run_id, image, key=f"heatmap_{name}", step=int(step) if step is not None else 0)
 
     @_logged
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_for(trial)
         self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
         self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
 
     @_logged
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_for(trial)
         self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
         self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
         self._close(run_id, "failed")
 
     @_logged
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         step = (trial.last_result or {}).get("step")
         self._close(self.run_for(trial), classify("TERMINATED", step, self.step_budget))
 
     @_logged
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Reconcile every run of the category with its trial's final state (restores included)."""
         known = set()
         for trial in trials:
@@ -458,7 +487,7 @@ class MlflowTrialCallback(Callback):
             step = (trial.last_result or {}).get("step")
             outcome = classify(trial.status, step, self.step_budget)
             self._close(run_id, outcome if outcome in _STATUS else "pruned")
-        for run in find_runs(self._client, self.experiment_id, {PARENT_TAG: self.parent_run_id}):
+        for run in find_runs(self._client, self.experiment_id, {TAG_PARENT: self.parent_run_id}):
             if run.info.status == "RUNNING" and run.data.tags.get(TAG_TRIAL) not in known:
                 self._close(run.info.run_id, "pruned")
 
@@ -478,31 +507,25 @@ def _params_of(cfg: MemSegConfig) -> dict[str, str]:
     return {k: "None" if v is None else str(v) for k, v in cfg.flatten().items() if k not in _NOT_PARAMS}
 
 
-def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
-    from mlflow.entities import Param
-
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # the REST API takes at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def _error_text(trial: Any) -> str:
+def _error_text(trial: Trial) -> str:
     err = trial.get_error() if hasattr(trial, "get_error") else None
     text = str(err) if err else (trial.error_file or "error")
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else text)[:5000]
 
 
-def read_heatmaps(checkpoint: Any) -> list[tuple[str, Any]]:
+def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
     """The ``heatmaps/*.png`` of a reported Tune checkpoint as RGB arrays, read through its filesystem.
 
     Only the images are read, never the weights, so this is cheap on a bucket too.
     """
-    import cv2
-    import numpy as np
-    import pyarrow.fs
-
-    fs = checkpoint.filesystem
+    fs = checkpoint.filesystem or pyarrow.fs.LocalFileSystem()
     folder = f"{checkpoint.path.rstrip('/')}/heatmaps"
     infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
     out = []
@@ -519,7 +542,9 @@ def read_heatmaps(checkpoint: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def close_sweep(tracking: SweepTracking, plans: Sequence[Any], results: Mapping[str, Any]) -> None:
+def close_sweep(
+    tracking: SweepTracking, plans: Sequence[CategoryPlan], results: Mapping[str, CategoryResult]
+) -> None:
     """Finalize every category's parent run (called once the driver returns)."""
     for plan in plans:
         tracking.finalize(plan, results.get(plan.category))

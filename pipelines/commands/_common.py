@@ -1,10 +1,15 @@
-"""Flags shared by the subcommands that take a config."""
+"""Flags shared by several subcommands, and what they turn into (configs, specs, the gate's policy, the store)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from memseg.config import MemSegConfig, load_config
+from memseg.config import MemSegConfig, load_config, parse_overrides
+
+if TYPE_CHECKING:
+    from pipelines.promotion import PromotionPolicy
+    from sweeps.spec import SweepSpec
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -21,3 +26,50 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> MemSegConfig:
     return load_config(args.config, args.overrides)
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, object]]:
+    """The sweep spec of ``--config`` with ``--set``, ``--data-root`` and ``--storage`` applied, and those changes."""
+    from sweeps.spec import load_sweep_spec
+
+    changes: dict[str, object] = dict(parse_overrides(args.overrides))
+    if args.data_root:
+        changes["data.root"] = args.data_root
+    if args.storage:
+        changes["storage.path"] = args.storage
+    spec = load_sweep_spec(args.config)
+    return (spec.with_changes(changes) if changes else spec), changes
+
+
+def tracking_uri(explicit: str | None, storage_path: str | None = None) -> str:
+    """The one resolution of the tracking store: the flag, ``$MLFLOW_TRACKING_URI``, else SQLite in the storage.
+
+    ``storage_path`` None: the sweeps' default storage (``storage.path`` of a spec that does not set it).
+    """
+    from pipelines.tracking import resolve_tracking_uri
+    from sweeps.spec import StorageSettings
+
+    return resolve_tracking_uri(explicit, storage_path or StorageSettings().path)
+
+
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    """The promotion gate's flags; unset = the policy's defaults."""
+    g = parser.add_argument_group("promotion gate")
+    g.add_argument("--metric", help="primary metric on the gate data (default: the model's selection metric "
+                   "without val_, e.g. pixel_auroc)")
+    g.add_argument("--margin", type=float, help="challenger must beat the champion by more than this (default: 0)")
+    g.add_argument("--guard", dest="guard_metrics", nargs="*", metavar="METRIC",
+                   help="metrics that must not regress (default: image_auroc pixel_aupro)")
+    g.add_argument("--tolerance", dest="guard_tolerance", type=float,
+                   help="largest accepted drop of a guard metric (default: 0.01)")
+    g.add_argument("--floor", type=float, help="a category's first model needs metric >= floor (default: 0.5)")
+    g.add_argument("--gate-data", dest="gate_data", choices=("val", "test"),
+                   help="held-out data of the gate: val (default, leakage-free) or test")
+
+
+def policy_from_args(args: argparse.Namespace) -> PromotionPolicy:
+    from pipelines.promotion import make_policy
+
+    guards = tuple(args.guard_metrics) if args.guard_metrics is not None else None
+    return make_policy(metric=args.metric, margin=args.margin, guard_metrics=guards,
+                       guard_tolerance=args.guard_tolerance, floor=args.floor, data=args.gate_data)

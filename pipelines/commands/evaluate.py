@@ -56,15 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def pick_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def format_table(metrics: Mapping[str, float], defect_types: list[str]) -> str:
     """Rows: overall, then each defect type; columns: the metrics; ``-`` where undefined."""
     rows = [("overall", "")] + [(t, f"/{t}") for t in defect_types]
@@ -89,16 +80,14 @@ def _f1_threshold(labels: object, scores: object) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memseg.data.datasets import build_validation_set, category_splits, load_test_set
-    from memseg.data.mvtec import list_category
-    from memseg.errors import MemSegError
-    from memseg.evaluation import evaluate_model
+    from memseg.evaluation import evaluate_split
     from memseg.inference import load_checkpoint, resolve_checkpoint_file
     from memseg.metrics import image_scores
+    from memseg.training import resolve_device
     from memseg.training.seeding import set_num_threads
 
     set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     checkpoint = resolve_checkpoint_file(args.checkpoint)
     model, cfg = load_checkpoint(checkpoint, device)
     overrides: dict[str, object] = {}
@@ -115,18 +104,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["eval.batch_size"] = args.batch_size
     cfg = cfg.with_overrides(overrides) if overrides else cfg
 
-    if args.split == "test":
-        files = list_category(cfg.data.root, cfg.data.category)
-        data = load_test_set(files.test, cfg.data.image_size)
-    else:
-        _, splits = category_splits(cfg)
-        data = build_validation_set(splits.val, cfg)
-    if len(data) == 0:
-        msg = f"{cfg.data.root}/{cfg.data.category}: the {args.split} split has no images"
-        raise MemSegError(msg)
-
-    metrics, maps = evaluate_model(model, data.images, data.masks, data.labels, data.defect_types, cfg.eval, device)
-    threshold = _f1_threshold(data.labels, image_scores(maps, cfg.eval.top_k))
+    evaluation = evaluate_split(model, cfg, args.split, device)
+    data, metrics = evaluation.data, evaluation.metrics
+    threshold = _f1_threshold(data.labels, image_scores(evaluation.maps, cfg.eval.top_k))
     defect_types = sorted({t for t, label in zip(data.defect_types, data.labels, strict=True) if label == 1})
     n_anomalous = int(sum(data.labels))
     print(

@@ -56,11 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from memseg.errors import MemSegError
     from memseg.inference import load_checkpoint, predict_paths
+    from memseg.training import resolve_device
     from memseg.training.seeding import set_num_threads
-    from pipelines.commands.evaluate import pick_device
 
     set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model, cfg = load_checkpoint(args.checkpoint, device)
     if args.batch_size:
         cfg = cfg.with_overrides({"eval.batch_size": args.batch_size})

@@ -1,4 +1,4 @@
-"""``memseg promote``: the promotion gate for one category or all of them (issue 4, item 3).
+"""``memseg promote``: the promotion gate for one category or all of them.
 
 Moves the ``champion`` alias to the ``challenger`` version only when the challenger beats the
 champion on the same held-out data by the margin and no guard metric regresses; prints the decision
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.commands._common import add_policy_args, policy_from_args, tracking_uri
+
 HELP = "promotion gate: move the champion alias to the challenger if it is better on held-out data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pipelines.commands.pipeline import add_policy_args
-
     p = subparsers.add_parser("promote", help=HELP, description=HELP + ".")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--category", metavar="CAT", help="the category whose registered model to decide")
@@ -31,12 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipelines.commands.pipeline import policy_from_args
-    from pipelines.flow import resolve_tracking_uri
     from pipelines.promotion import promote
     from pipelines.registry import registered_models, tracking_client
 
-    uri = resolve_tracking_uri("runs/sweeps", args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     policy = policy_from_args(args)
     if args.model:
         names = [args.model]

@@ -1,8 +1,11 @@
-"""``memseg report --sweep ID``: the sweep's leaderboard (CSV, Markdown, HTML) and Optuna plots (issue 4, item 4)."""
+"""``memseg report --sweep ID``: the sweep's leaderboard (CSV, Markdown, HTML) and Optuna plots."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pipelines.commands._common import tracking_uri
 
 HELP = "leaderboard of a sweep next to the paper's figures, with Optuna plots, logged to MLflow"
 
@@ -18,12 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pipelines.flow import resolve_tracking_uri
     from pipelines.report import default_out_dir, write_sweep_report
 
-    uri = resolve_tracking_uri("runs/sweeps", args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     out = Path(args.out) if args.out else default_out_dir(args.sweep)
     report = write_sweep_report(uri, args.sweep, out, log_to_mlflow=not args.no_mlflow)
     print(report.files.markdown.read_text())

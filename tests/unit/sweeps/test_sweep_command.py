@@ -8,8 +8,9 @@ import pytest
 
 from memseg.config import parse_overrides
 from memseg.errors import ConfigError
+from pipelines import tracking
 from pipelines.cli import build_parser, main
-from pipelines.commands.sweep import run_tracked_sweep
+from pipelines.sweep_stage import run_tracked_sweep
 from pipelines.tracking import TrackingError
 from sweeps.driver import SweepError
 from sweeps.spec import load_sweep_spec
@@ -40,15 +41,25 @@ def test_unknown_config_is_a_clean_cli_error(capsys: pytest.CaptureFixture[str])
 def test_resume_without_a_sweep_says_so(tmp_path: Path) -> None:
     spec = load_sweep_spec("smoke").with_changes({"storage.path": str(tmp_path)})
     with pytest.raises(SweepError, match="no sweep of config 'smoke'"):
-        run_tracked_sweep(spec, resume=True)
+        run_tracked_sweep(spec, tracking_uri=tracking.local_store_uri(tmp_path), resume=True)
 
 
-def test_dead_tracking_server_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dead_tracking_server_fails_before_any_work(tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     spec = load_sweep_spec("smoke").with_changes(
         {"storage.path": str(tmp_path / "s"), "data.root": str(tmp_path / "data")}
     )
     with pytest.raises(TrackingError, match=uri.replace(".", r"\.")):
-        run_tracked_sweep(spec, sweep_id="x")
+        run_tracked_sweep(spec, tracking_uri=uri, sweep_id="x")
     assert not (tmp_path / "data").exists()  # nothing generated, no cluster started
+
+
+def test_one_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri("http://x:5000", str(tmp_path)) == "http://x:5000"
+    assert tracking.resolve_tracking_uri(None, str(tmp_path / "s")) == f"sqlite:///{tmp_path / 's' / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri(None, "s3://bucket/sweeps") == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert tracking.resolve_tracking_uri(None, str(tmp_path)) == "http://env:5000"
+    assert tracking.resolve_tracking_uri("http://flag:5000", str(tmp_path)) == "http://flag:5000"

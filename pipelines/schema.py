@@ -1,0 +1,337 @@
+"""What the stages tell each other through MLflow: every tag, alias, prefix and metric key, defined once.
+
+The chain sweep -> register -> promote -> report talks only through the tracking server. The sweep
+stage writes a parent run per (sweep, category) and a child run per trial; registration reads them
+and writes a model version; the gate reads the version and writes its decision; the report reads
+all of it. Each name below is written by one stage and read by a later one, so a rename here is a
+rename everywhere.
+
+The readers (:class:`ParentRun`, :class:`TrialRun`, :class:`RegisteredVersion`, :class:`GateRecord`)
+turn an MLflow entity into a typed record. A tag the writing stage always sets is required: when it
+is missing, :class:`SchemaError` names the run or version and the tag, instead of a default standing
+in for it (a default metric name would silently rank models on the wrong figure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+
+from memseg.errors import MemSegError
+from memseg.metrics import keys
+
+# --- experiment ---------------------------------------------------------------------------------------
+
+EXPERIMENT_PREFIX = "memseg-sweep-"
+TAG_SPEC = "sweep_spec"
+TAG_NOTE = "mlflow.note.content"
+
+
+def experiment_name(sweep_id: str) -> str:
+    """The MLflow experiment of a sweep."""
+    return f"{EXPERIMENT_PREFIX}{sweep_id}"
+
+
+# --- run tags (sweep stage) -------------------------------------------------------------------------------
+
+TAG_SWEEP = "sweep_id"
+TAG_CATEGORY = "category"
+TAG_TRIAL = "trial_id"
+TAG_ROLE = "memseg.role"
+ROLE_PARENT = "parent"
+ROLE_TRIAL = "trial"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_OUTCOME = "memseg.outcome"
+TAG_FAILURES = "memseg.num_failures"
+TAG_ERROR = "memseg.error"
+TAG_GIT = "git_commit"
+TAG_FINGERPRINT = "dataset_fingerprint"
+TAG_SPACE = "search_space"
+TAG_NODE = "ray_node_id"
+TAG_TRIAL_DIR = "trial_dir"
+TAG_TUNE_METRIC = "tune_metric"
+TAG_EXPERIMENT_PATH = "experiment_path"
+TAG_BEST_TRIAL = "best_trial_id"
+TAG_BEST_RUN = "best_run_id"
+# Set on the parent run by the register stage; the report follows them to the version.
+TAG_REGISTERED_MODEL = "registered_model"
+TAG_REGISTERED_VERSION = "registered_version"
+
+# The training loop reports ``best_<selection metric>`` (the best-so-far value, what best_model.pt
+# scores); Tune, ASHA and Optuna maximise it and the parent run's ``tune_metric`` tag names it.
+BEST_PREFIX = "best_"
+
+# --- registered models and versions (register stage) ---------------------------------------------------------
+
+MODEL_PREFIX = "memseg-"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+LOGGED_MODEL_NAME = "memseg"
+TAG_DATASET = "dataset"
+TAG_RUN_ID = "run_id"
+TAG_MODEL_ID = "model_id"
+TAG_IMAGE_SIZE = "image_size"
+TAG_BACKBONE = "backbone"
+TAG_BACKBONE_WEIGHTS = "backbone_weights"
+TAG_SELECTION_METRIC = "selection_metric"
+# Test-split heat-map panels logged on the winner's trial run at registration, shown by the report.
+HEATMAP_DIR = "test_heatmaps"
+
+# The figures registration records (``val_``/``test_`` prefixed) and the gate compares (unprefixed).
+REPORTED_METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO, keys.IMAGE_F1_MAX, keys.PIXEL_F1_MAX)
+
+# --- the gate (promote stage) -------------------------------------------------------------------------------
+
+GATE_PREFIX = "gate."
+GATE_DECISION = f"{GATE_PREFIX}decision"
+GATE_REASON = f"{GATE_PREFIX}reason"
+GATE_METRIC = f"{GATE_PREFIX}metric"
+GATE_DELTA = f"{GATE_PREFIX}delta"
+GATE_DATA = f"{GATE_PREFIX}data"
+GATE_CHAMPION_VERSION = f"{GATE_PREFIX}champion_version"
+GATE_POLICY = f"{GATE_PREFIX}policy"
+GATE_DECIDED_AT = f"{GATE_PREFIX}decided_at"
+GATE_REPLACED_BY = f"{GATE_PREFIX}replaced_by"
+PROMOTED = "promoted"
+REFUSED = "refused"
+
+
+def gate_figure_tag(role: str, metric: str) -> str:
+    """``gate.<role>.<metric>``: one figure of the challenger or the champion on the gate data."""
+    return f"{GATE_PREFIX}{role}.{metric}"
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+REPORT_ARTIFACT_DIR = "report"
+PLOTS_ARTIFACT_DIR = "optuna"
+
+
+# --- readers ---------------------------------------------------------------------------------------------------
+
+
+class SchemaError(MemSegError):
+    """An MLflow run or model version lacks what the stage that wrote it always writes."""
+
+
+def is_number(text: str) -> bool:
+    """True when a tag value parses as a float (``nan`` included)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _required(tags: Mapping[str, str], tag: str, what: str) -> str:
+    value = tags.get(tag)
+    if not value:
+        msg = f"{what} has no {tag!r} tag (it is written by the stage that made it; the run is incomplete)"
+        raise SchemaError(msg)
+    return value
+
+
+def _numbers(tags: Mapping[str, str], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in tags.items() if k.startswith(prefix) and is_number(v)}
+
+
+def _figures(tags: Mapping[str, str], prefix: str) -> dict[str, float]:
+    """The numeric tags under ``prefix``, keyed without it."""
+    return {k.removeprefix(prefix): v for k, v in _numbers(tags, prefix).items()}
+
+
+def selection_metric_of(tune_metric: str, what: str) -> str:
+    """``best_val_pixel_aupro`` -> ``val_pixel_aupro``.
+
+    Raises:
+        SchemaError: naming ``what`` when the name is not a ``best_val_*`` metric.
+    """
+    selection = tune_metric.removeprefix(BEST_PREFIX)
+    if selection == tune_metric or not selection.startswith(keys.VAL_PREFIX):
+        msg = f"{what}: {TAG_TUNE_METRIC}={tune_metric!r} is not {BEST_PREFIX}{keys.VAL_PREFIX}<metric>"
+        raise SchemaError(msg)
+    return selection
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """A (sweep, category) parent run, as the sweep stage wrote it.
+
+    ``best_trial_id`` is set when the category's study ended with a scored trial; the
+    ``registered_*`` fields once the register stage recorded its version there.
+    """
+
+    run_id: str
+    status: str
+    start_time: int
+    sweep_id: str
+    category: str
+    tune_metric: str
+    experiment_path: str
+    dataset_fingerprint: str
+    search_space: str
+    best_trial_id: str | None = None
+    best_run_id: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: Run) -> ParentRun:
+        """Raises :class:`SchemaError` naming the run and the first missing tag."""
+        tags = run.data.tags
+        what = f"parent run {run.info.run_id}"
+        if tags.get(TAG_ROLE) != ROLE_PARENT:
+            msg = f"{what} is not a parent run ({TAG_ROLE}={tags.get(TAG_ROLE)!r})"
+            raise SchemaError(msg)
+        tune_metric = _required(tags, TAG_TUNE_METRIC, what)
+        selection_metric_of(tune_metric, what)
+        return cls(
+            run_id=run.info.run_id,
+            status=run.info.status,
+            start_time=run.info.start_time,
+            sweep_id=_required(tags, TAG_SWEEP, what),
+            category=_required(tags, TAG_CATEGORY, what),
+            tune_metric=tune_metric,
+            experiment_path=_required(tags, TAG_EXPERIMENT_PATH, what),
+            dataset_fingerprint=_required(tags, TAG_FINGERPRINT, what),
+            search_space=_required(tags, TAG_SPACE, what),
+            best_trial_id=tags.get(TAG_BEST_TRIAL) or None,
+            best_run_id=tags.get(TAG_BEST_RUN) or None,
+            registered_model=tags.get(TAG_REGISTERED_MODEL) or None,
+            registered_version=tags.get(TAG_REGISTERED_VERSION) or None,
+            metrics=dict(run.data.metrics),
+        )
+
+    @property
+    def selection_metric(self) -> str:
+        """The ``val_*`` metric the category's trials were ranked on."""
+        return selection_metric_of(self.tune_metric, f"parent run {self.run_id}")
+
+    @property
+    def finished(self) -> bool:
+        """The study ended (the run is FINISHED) with a best trial."""
+        return self.status == "FINISHED" and self.best_trial_id is not None
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A trial's child run. ``outcome`` is None while the trial runs (the tag is set when it ends)."""
+
+    run_id: str
+    trial_id: str
+    parent_run_id: str
+    status: str
+    start_time: int
+    end_time: int | None
+    outcome: str | None
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+    @classmethod
+    def from_run(cls, run: Run) -> TrialRun:
+        """Raises :class:`SchemaError` naming the run and the first missing tag."""
+        tags = run.data.tags
+        what = f"trial run {run.info.run_id}"
+        return cls(
+            run_id=run.info.run_id,
+            trial_id=_required(tags, TAG_TRIAL, what),
+            parent_run_id=_required(tags, TAG_PARENT, what),
+            status=run.info.status,
+            start_time=run.info.start_time,
+            end_time=run.info.end_time,
+            outcome=tags.get(TAG_OUTCOME) or None,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+        )
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """The gate's decision on a challenger version, as written by the promote stage.
+
+    The decision tag is written last, so its presence means the rest was written too.
+    """
+
+    promoted: bool
+    reason: str
+    metric: str
+    delta: float | None
+    data: str
+    decided_at: str
+    challenger: Mapping[str, float]
+    champion: Mapping[str, float]
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], what: str) -> GateRecord | None:
+        """None when the version was never decided; :class:`SchemaError` when a decision is incomplete."""
+        decision = tags.get(GATE_DECISION)
+        if decision is None:
+            return None
+        if decision not in (PROMOTED, REFUSED):
+            msg = f"{what}: {GATE_DECISION}={decision!r} is neither {PROMOTED!r} nor {REFUSED!r}"
+            raise SchemaError(msg)
+        delta = tags.get(GATE_DELTA)
+        return cls(
+            promoted=decision == PROMOTED,
+            reason=_required(tags, GATE_REASON, what),
+            metric=_required(tags, GATE_METRIC, what),
+            delta=float(delta) if delta is not None else None,
+            data=_required(tags, GATE_DATA, what),
+            decided_at=_required(tags, GATE_DECIDED_AT, what),
+            challenger=_figures(tags, gate_figure_tag(CHALLENGER, "")),
+            champion=_figures(tags, gate_figure_tag(CHAMPION, "")),
+        )
+
+    def value(self, role: str) -> float | None:
+        """The primary metric's figure of ``role`` (``challenger``/``champion``), None when absent."""
+        figures = self.challenger if role == CHALLENGER else self.champion
+        return figures.get(self.metric)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A version of a ``memseg-<dataset>-<category>`` model, as the register stage wrote it."""
+
+    name: str
+    version: str
+    source: str
+    sweep_id: str
+    trial_id: str
+    category: str
+    dataset: str
+    selection_metric: str
+    val_metrics: Mapping[str, float]
+    test_metrics: Mapping[str, float]
+    gate: GateRecord | None
+
+    @classmethod
+    def from_version(cls, version: ModelVersion) -> RegisteredVersion:
+        """Raises :class:`SchemaError` naming the version and the first missing tag."""
+        tags = version.tags
+        what = f"model version {version.name}/{version.version}"
+        selection = _required(tags, TAG_SELECTION_METRIC, what)
+        if not selection.startswith(keys.VAL_PREFIX):
+            msg = f"{what}: {TAG_SELECTION_METRIC}={selection!r} is not a {keys.VAL_PREFIX}* metric"
+            raise SchemaError(msg)
+        return cls(
+            name=version.name,
+            version=str(version.version),
+            source=version.source or "",
+            sweep_id=_required(tags, TAG_SWEEP, what),
+            trial_id=_required(tags, TAG_TRIAL, what),
+            category=_required(tags, TAG_CATEGORY, what),
+            dataset=_required(tags, TAG_DATASET, what),
+            selection_metric=selection,
+            val_metrics=_numbers(tags, keys.VAL_PREFIX),
+            test_metrics=_numbers(tags, keys.TEST_PREFIX),
+            gate=GateRecord.from_tags(tags, what),
+        )
+
+    @property
+    def gate_metric(self) -> str:
+        """The selection metric without its split prefix: what the gate compares by default."""
+        return self.selection_metric.removeprefix(keys.VAL_PREFIX)

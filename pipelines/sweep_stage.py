@@ -1,0 +1,153 @@
+"""The sweep stage: plan, track in MLflow and run a sweep, printing the status table while it runs.
+
+The caller names the tracking store (:func:`pipelines.tracking.resolve_tracking_uri` turns flags and
+the environment into one); the Ray workers get it through the job's runtime environment
+(:func:`pipelines.tracking.worker_env`). Ctrl-C raises :class:`~pipelines.errors.SweepInterrupted`,
+and the sweep continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pipelines import tracking
+from pipelines.errors import SweepInterrupted
+from sweeps import driver
+from sweeps.dataset import ensure_dataset
+from sweeps.driver import SweepError, SweepResult
+from sweeps.search_space import overrides_from_params
+from sweeps.spec import SweepSpec, unique
+from sweeps.status import StatusCallback, StatusPrinter, SweepStatus, register_board, unregister_board
+
+# Keys of a spec that may change when a sweep resumes: where the data and the storage are, not what runs.
+WHERE_KEYS = ("data.root", "storage.path")
+
+
+@dataclass(frozen=True)
+class TrackedSweep:
+    """What the driver returned, and where it was tracked."""
+
+    result: SweepResult
+    tracking_uri: str
+    experiment_id: str
+
+    @property
+    def ok(self) -> bool:
+        """Every category produced a best trial."""
+        return all(r.best is not None for r in self.result.categories.values())
+
+
+def run_tracked_sweep(
+    spec: SweepSpec,
+    *,
+    tracking_uri: str,
+    categories: Sequence[str] | None = None,
+    resume: bool = False,
+    sweep_id: str | None = None,
+    changes: Mapping[str, object] | None = None,
+    stream: TextIO | None = None,
+    trainable_factory: driver.TrainableFactory | None = None,
+) -> TrackedSweep:
+    """Plan, track and run a sweep; print the status table while it runs and the winners at the end.
+
+    Args:
+        spec: the sweep spec.
+        tracking_uri: the MLflow store the driver tracks into.
+        categories: a subset of the categories (default: the spec's, or the recorded ones on resume).
+        resume: continue sweep ``sweep_id`` (default: the latest of this spec) from its storage.
+        sweep_id: the sweep's name (default: ``<spec name>-<timestamp>``).
+        changes: the dotted changes already applied to ``spec``; on resume only :data:`WHERE_KEYS`
+            are applied to the spec that ran (a restored study cannot change its space or budgets).
+        stream: where the status table and the summary go (default: the current ``sys.stdout``).
+        trainable_factory: what the trials run (default: the real trainable; tests wrap it).
+
+    Raises:
+        SweepError: nothing to resume, or a new sweep's id exists already.
+        TrackingError: the tracking server does not answer (named), before any slow work.
+        SweepInterrupted: Ctrl-C while the studies ran.
+    """
+    stream = stream or sys.stdout
+    storage_root = driver.absolute_storage(spec.storage.path)
+    if resume:
+        sweep_id = sweep_id or driver.latest_sweep_id(storage_root, spec.name)
+        if sweep_id is None:
+            raise SweepError(f"--resume: no sweep of config {spec.name!r} under {storage_root}")
+        recorded = driver.read_manifest(storage_root, sweep_id)
+        if recorded is None:
+            raise SweepError(f"--resume: no sweep {sweep_id!r} under {storage_root}")
+        where = {k: v for k, v in (changes or {}).items() if k in WHERE_KEYS}
+        spec = recorded[0].with_changes(where) if where else recorded[0]
+        categories = categories or recorded[1]
+        manifest_categories = unique([*recorded[1], *categories])
+    else:
+        sweep_id = sweep_id or driver.make_sweep_id(spec.name)
+        if driver.read_manifest(storage_root, sweep_id) is not None:
+            raise SweepError(f"sweep {sweep_id!r} already exists under {storage_root}: pass --resume")
+        manifest_categories = unique(categories or spec.categories)
+    categories = unique(categories or spec.categories)
+
+    tracking.check_tracking_store(tracking_uri)  # before anything slow: a dead server is the most common mistake
+
+    data_root = Path(spec.data.root).expanduser().resolve()
+    if spec.data.generate is not None:
+        g = spec.data.generate
+        ensure_dataset(data_root, categories, size=g.size, n_train=g.n_train, n_test_good=g.n_test_good,
+                       n_test_defect=g.n_test_defect, seed=g.seed)
+    nodes = driver.connect_ray(tracking.worker_env(tracking_uri), spec.cluster.local_num_cpus)
+    tracking.check_store_for_cluster(tracking_uri, nodes)
+    if nodes > 1 and not driver.is_uri(storage_root):
+        print(f"note: {nodes} nodes share storage {storage_root}: it must be a shared mount (NFS) on every node",
+              file=stream)
+
+    plans = driver.plan_sweep(spec, sweep_id, categories)
+    driver.write_manifest(spec, sweep_id, manifest_categories)
+    artifacts = None
+    if tracking.is_local_store(tracking_uri) and not driver.is_uri(storage_root):
+        artifacts = (Path(storage_root) / "mlartifacts").as_uri()
+    tracker = tracking.SweepTracking(tracking_uri, sweep_id, spec_name=spec.name, description=spec.description,
+                                     artifact_location=artifacts)
+    # Parent runs and callbacks are made here, in the main thread, before the study threads start.
+    callbacks = {
+        p.category: [tracker.callback(p), StatusCallback(sweep_id, p.category, p.step_budget)] for p in plans
+    }
+
+    board = SweepStatus(sweep_id, plans[0].metric, categories)
+    register_board(board)
+    print(f"sweep {sweep_id}: {len(plans)} categories x {spec.search.num_samples} trials on {nodes} node(s), "
+          f"resources {driver.cluster_resources()}\n  storage {plans[0].storage_path}\n  MLflow  {tracking_uri}",
+          file=stream, flush=True)
+    try:
+        with StatusPrinter(board, spec.cluster.status_interval_s, stream) as printer:
+            result = driver.run_sweep(spec, plans, resume=resume, callbacks_for=lambda p: callbacks[p.category],
+                                      board=board, trainable_factory=trainable_factory)
+            printer.print()
+    except KeyboardInterrupt:
+        raise SweepInterrupted(spec.name, sweep_id) from None
+    finally:
+        unregister_board(sweep_id)
+    tracking.close_sweep(tracker, plans, result.categories)
+    print(format_summary(result, tracking_uri, tracker.experiment_id), file=stream, flush=True)
+    return TrackedSweep(result, tracking_uri, tracker.experiment_id)
+
+
+def format_summary(result: SweepResult, uri: str, experiment_id: str) -> str:
+    """The end-of-sweep report: best score, trial and swept values per category, and where to look."""
+    lines = [f"\nsweep {result.sweep_id} done in {result.wall_time_s / 60:.1f} min; best {result.metric} per category:"]
+    for cat, res in result.categories.items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(res.counts().items()))
+        if res.best is None:
+            lines.append(f"  {cat}: no result ({res.error or 'no trial reported'}) [{counts}]")
+            continue
+        lines.append(f"  {cat}: {res.best.score:.4f}  trial {res.best.trial_id}  [{counts}]")
+        for key, value in sorted(overrides_from_params(res.best.params).items()):
+            lines.append(f"      {key} = {value}")
+        if res.best_config_path:
+            lines.append(f"      full config: {res.best_config_path}")
+        if res.best.checkpoint_path:
+            lines.append(f"      checkpoint: {res.best.checkpoint_path}")
+    lines.append(f"MLflow: {tracking.ui_hint(uri, experiment_id)}")
+    return "\n".join(lines)
