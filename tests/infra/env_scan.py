@@ -1,6 +1,6 @@
 """Which environment variables the code reads: an AST scan of memseg/, sweeps/ and pipelines/.
 
-Infra concept: issue "Infra" CI requirement "every environment variable the code reads is provided".
+It serves the check that every environment variable the code reads is provided where it runs.
 Finds ``os.environ.get("X")``, ``os.getenv("X")``, ``os.environ["X"]`` (loads) and ``"X" in os.environ``,
 with the name given literally, through a module-level constant, or through a loop/comprehension over
 a module-level tuple of names. ``os.environ.setdefault("X", v)`` is not a read that needs providing:

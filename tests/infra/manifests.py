@@ -1,8 +1,8 @@
 """Reading and checking infra/: render the kustomizations, validate every object against its schema.
 
-Infra concept: the CI checks of issue "Infra" (real tools from the registries): ``kubectl kustomize``
-renders, the built-in kinds are validated with the strict Kubernetes JSON schemas shipped by
-``kubernetes-validate``, the KubeRay kinds with ``schemas/kuberay-ray.io-v1.schema.json`` (whose
+The checks use the real tools from the registries: ``kubectl kustomize`` renders, the built-in
+kinds are validated with the strict Kubernetes JSON schemas shipped by ``kubernetes-validate``, the
+KubeRay kinds with ``schemas/kuberay-ray.io-v1.schema.json`` (whose
 embedded Kubernetes types point into the same strict schemas).
 """
 

@@ -1,7 +1,8 @@
 """infra/ray/cluster.yaml is a valid `ray up` config with the same conventions as Kubernetes.
 
-Infra concept: issue "Infra" item 3 (Ray cluster launcher for plain GPU VMs: same image, same
-shared storage, same environment). Validated with Ray's own launcher schema and config preparation.
+The Ray cluster launcher for plain GPU VMs uses the same image, the same shared storage and the
+same environment as the Kubernetes deployment. Validated with Ray's own launcher schema and config
+preparation.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every `memseg` command the manifests and the runbook run parses with the real CLI parser.
 
-Infra concept: issue "Infra" CI requirement "the RayJob's entrypoint parses with the real memseg CLI";
-extended to the data Job and every pasteable `memseg ...` line of infra/README.md.
+Covers the RayJob's entrypoint, the data Job and every pasteable `memseg ...` line of
+infra/README.md, so a renamed option fails here and not on the cluster.
 """
 
 from __future__ import annotations

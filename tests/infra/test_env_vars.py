@@ -1,6 +1,5 @@
 """Every environment variable the code reads is provided where it runs, or has a documented default.
 
-Infra concept: issue "Infra" CI requirement "every environment variable the code reads is provided".
 The places a sweep runs: the Ray pods on Kubernetes (container env, envFrom ConfigMap/Secret, the
 variables KubeRay's token auth injects, the image's ENV) and the `ray up` containers (the image's
 ENV plus /etc/memseg/memseg.env). infra/README.md's table documents each variable and its default.

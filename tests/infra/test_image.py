@@ -1,8 +1,8 @@
 """The Dockerfiles lint clean with hadolint and install what pyproject pins.
 
-Infra concept: issue "Infra" item 1 (one CUDA image for head, workers and submitter, pinned
-versions, weights baked in, HF_HUB_OFFLINE at run time, non-root) and the MLflow server image. No
-docker engine runs in CI, so the images are linted and cross-checked here, not built.
+Two images: one CUDA image for head, workers and submitter (pinned versions, weights baked in,
+HF_HUB_OFFLINE at run time, non-root) and the MLflow server image. No docker engine runs in CI, so
+the images are linted and cross-checked here, not built.
 """
 
 from __future__ import annotations

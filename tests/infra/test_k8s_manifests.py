@@ -1,8 +1,8 @@
 """The Kubernetes manifests render, validate against their schemas, and agree with the code.
 
-Infra concept: issue "Infra" items 2 and 4 (KubeRay RayCluster/RayJob, shared volume, Secrets, the
-MLflow server) and its CI requirement: ``kubectl kustomize`` renders, every rendered object is
-schema-valid (KubeRay fields included), the Ray version equals pyproject's pin.
+Covers the KubeRay RayCluster/RayJob, the shared volume, the Secrets and the MLflow server:
+``kubectl kustomize`` renders, every rendered object is schema-valid (KubeRay fields included), the
+Ray version equals pyproject's pin.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The shared MLflow server as infra/mlflow deploys it: PostgreSQL backend, basic-auth, artifact proxy.
 
-Infra concept: issue "Infra", item 4 and its first CI requirement: an unauthenticated client is
-refused, the sweep's credentials (a user with EDIT) can track runs and register model versions, and
-a user with read permission only cannot move the ``champion`` alias.
+An unauthenticated client is refused, the sweep's credentials (a user with EDIT) can track runs and
+register model versions, and a user with read permission only cannot move the ``champion`` alias.
 """
 
 from __future__ import annotations

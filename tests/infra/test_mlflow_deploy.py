@@ -1,8 +1,8 @@
 """The MLflow server definitions (compose and Kubernetes) carry the flags the shared server needs,
 and the test server (tests/helpers/mlflow_auth_server.py) runs with the same ones.
 
-Infra concept: issue "Infra" item 4: PostgreSQL backend store, artifact proxy, basic-auth with the
-admin password from a secret, ``--allowed-hosts``, a health check on ``/health``.
+Flags: PostgreSQL backend store, artifact proxy, basic-auth with the admin password from a secret,
+``--allowed-hosts``, a health check on ``/health``.
 """
 
 from __future__ import annotations
