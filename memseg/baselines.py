@@ -1,6 +1,6 @@
 """A training-free baseline: distance to the nearest memory feature (for comparison with MemSeg).
 
-MemSeg's memory module already finds many defects before any training (spec 1.3): comparing frozen
+MemSeg's memory module already finds many defects before any training (docs/model.md, "Memory module"): comparing frozen
 features with those of normal images is the core of PatchCore-style methods. To show what the
 training adds, this baseline scores each pixel with no learned parameter at all:
 
@@ -26,6 +26,8 @@ from torch import Tensor
 from memseg.config import MemSegConfig
 from memseg.data.datasets import EvalSet, build_validation_set, category_splits, load_memory_images, load_test_set
 from memseg.metrics import compute_metrics, keys
+from memseg.model import create_model
+from memseg.training.loop import prepare_config, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ class NearestMemoryBaseline:
     """
 
     def __init__(self, cfg: MemSegConfig, device: torch.device | str = "cpu") -> None:
-        from memseg.model import create_model
-
         self.cfg = cfg
         self.device = torch.device(device)
         model = create_model(cfg)
@@ -105,8 +105,6 @@ def evaluate_baseline(cfg: MemSegConfig, *, device: str | None = None, test: boo
     Returns:
         ``val_*`` and (when ``test``) ``test_*`` metrics, plus ``wall_time_s``.
     """
-    from memseg.training.loop import prepare_config, resolve_device
-
     started = time.perf_counter()
     cfg = prepare_config(cfg)
     dev = resolve_device(device or cfg.train.device)
@@ -116,7 +114,8 @@ def evaluate_baseline(cfg: MemSegConfig, *, device: str | None = None, test: boo
     baseline.build_memory(load_memory_images(splits.memory, cfg.data.image_size))
     metrics = baseline.evaluate(build_validation_set(splits.val, cfg), keys.VAL_PREFIX, per_type=False)
     if test and files.test:
-        metrics.update(baseline.evaluate(load_test_set(files.test, cfg.data.image_size), keys.TEST_PREFIX, per_type=True))
+        test_set = load_test_set(files.test, cfg.data.image_size)
+        metrics.update(baseline.evaluate(test_set, keys.TEST_PREFIX, per_type=True))
     metrics["wall_time_s"] = time.perf_counter() - started
     log.info("baseline %s: %s", cfg.data.category, {k: round(v, 4) for k, v in metrics.items() if "/" not in k})
     return metrics

@@ -52,14 +52,6 @@ class DataConfig(_Section):
         "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
         "checkpoint and trial selection do not reward fitting the training synthesis.",
     )
-    val_anomaly_source: Literal["training_synthesis", "held_out"] = Field(
-        "training_synthesis",
-        description="Where the validation anomalies come from: 'training_synthesis' = the training-time "
-        "synthesis (Perlin mask, texture/structure source, blending); 'held_out' = a defect painter the "
-        "training synthesis never produces (polygon/ellipse/band masks: shading ramps, smears, colour casts, "
-        "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
-        "checkpoint and trial selection do not reward fitting the training synthesis.",
-    )
     dtd_root: str | None = Field(
         None, description="DTD root (holding images/<class>/*.jpg); None = procedural textures."
     )
@@ -164,7 +156,7 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     """Optimiser and schedule."""
 
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Authors: SGD; TooTouch: AdamW.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Authors: SGD; a public reimplementation: AdamW.")
     lr: float = Field(0.04, gt=0.0, le=10.0, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(3e-5, ge=0.0, le=1.0, description="Weight decay.")

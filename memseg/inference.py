@@ -1,11 +1,11 @@
-"""Inference on new images: load a checkpoint, score images, write maps and overlays (spec section 4).
+"""Inference on new images: load a checkpoint, score images, write maps and overlays.
 
 - :func:`load_checkpoint` reads a ``model.pt``/``best_model.pt`` (``torch.load(weights_only=True)``,
   so an untrusted file cannot run code) and rebuilds the model from the config stored in it.
 - :func:`predict` scores images of any size: each is resized to ``data.image_size`` (as in training),
   its image score is the mean of the ``eval.top_k`` highest pixels AT THE MODEL'S RESOLUTION (so a
-  threshold chosen on evaluation scores means the same here), and its map is resized back to the
-  image's own size.
+  threshold chosen on evaluation scores means the same here; see docs/model.md, "Evaluation and
+  scoring"), and its map is resized back to the image's own size.
 - :func:`predict_paths` does that for files and folders and writes ``<name>_map.png`` (16-bit
   grayscale, value / 65535 = score), ``<name>_overlay.png`` and ``scores.csv``. An unreadable image
   is reported by name and skipped; the others are still predicted.

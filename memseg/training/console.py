@@ -78,5 +78,5 @@ class ConsoleCallback:
     def __init__(self, stream: object = None) -> None:
         self.stream = stream
 
-    def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:  # noqa: ARG002
+    def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         tqdm.write(format_metrics(step, metrics), file=self.stream or sys.stdout)

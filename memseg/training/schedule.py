@@ -1,16 +1,18 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a floor (spec section 3).
+"""Learning-rate schedule: linear warmup, then cosine decay to a floor (docs/model.md, "Training recipe").
 
 The authors' code uses ``CosineAnnealingWarmRestarts(T_0=epochs)`` with one "epoch" per optimiser
 step, i.e. a single cosine over the whole run and no warmup (``optim.warmup_fraction=0``, the
-default). TooTouch warms up linearly over 10 % of the steps; both are reachable from
+default). A public reimplementation warms up linearly over 10 % of the steps; both are reachable from
 :class:`memseg.config.OptimConfig`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from memseg.config import OptimConfig
@@ -41,7 +43,7 @@ class WarmupCosine:
 
 def lr_multiplier(cfg: OptimConfig, total_steps: int) -> WarmupCosine:
     """The multiplier function for a config: ``warmup_fraction * total_steps`` warmup steps."""
-    warmup = int(round(cfg.warmup_fraction * total_steps))
+    warmup = round(cfg.warmup_fraction * total_steps)
     floor = min(1.0, cfg.min_lr / cfg.lr)
     return WarmupCosine(total_steps, warmup, floor)
 
@@ -54,9 +56,9 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_s
     return LambdaLR(optimizer, lr_lambda=lr_multiplier(cfg, total_steps))
 
 
-def create_optimizer(params: object, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the authors') or AdamW (TooTouch), over the given parameters only."""
-    params = list(params)  # type: ignore[call-overload]
+def create_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the authors') or AdamW (a public reimplementation's), over the given parameters only."""
+    params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

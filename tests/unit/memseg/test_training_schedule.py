@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -31,7 +32,7 @@ def test_warmup_is_linear_from_near_zero_then_cosine_to_the_floor() -> None:
     assert lrs[0] == pytest.approx(0.01)  # not 0: the first step is not wasted
     # Peak right after the warmup, then strictly decreasing.
     assert lrs[10] == pytest.approx(0.1)
-    assert all(a > b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(lrs[10:]))
     # Halfway through the cosine: floor + (peak - floor) / 2.
     assert lrs[55] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert min(lrs) >= 0.01 - 1e-12
