@@ -1,4 +1,4 @@
-"""Training batches (normal + synthetic), the fixed validation set and the test set (spec 2.4, 4).
+"""Training batches (normal + synthetic), the fixed validation set and the test set.
 
 - :class:`ImageCache`: decode + resize every image once per process (``data.cache_images``).
 - :class:`TrainDataset` + :class:`BalancedBatchSampler`: an endless stream of batches in which
@@ -14,7 +14,8 @@
 - :func:`load_test_set`: the ``test/`` split with its ground-truth masks.
 
 Images leave this module as float tensors in [0, 1], ``(3, H, W)`` RGB; ImageNet normalisation is
-the model's business (docs/architecture.md).
+the model's business (docs/architecture.md). See docs/model.md, "Anomaly synthesis" and
+"Validation and selection".
 """
 
 from __future__ import annotations
@@ -26,20 +27,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from memseg.config import MemSegConfig
 from memseg.data.mvtec import CategoryFiles, Sample, list_category, read_image, read_mask
 from memseg.data.splits import Splits, make_splits
+from memseg.errors import ConfigError
+from memseg.synthesis import AnomalyGenerator, create_texture_source, worker_rng
 from memseg.synthesis.validation_defects import ValidationDefectPainter
 
 log = logging.getLogger(__name__)
 
 NORMAL_TYPE = "good"
 SYNTHETIC_TYPE = "synthetic"
-# Validation anomalies whose Perlin mask came out empty (possible, spec 2.3) are redrawn this often
+# Validation anomalies whose Perlin mask came out empty (possible at high thresholds) are redrawn this often
 # before giving up; an empty "anomaly" labelled 1 would only add label noise to the image AUROC.
 _VAL_MAX_REDRAWS = 20
 
@@ -77,11 +82,6 @@ class ImageCache:
 _CACHE = ImageCache()
 
 
-def image_cache() -> ImageCache:
-    """The process-wide cache."""
-    return _CACHE
-
-
 def load_images(paths: Sequence[str | Path], size: int, *, cache: bool = True) -> np.ndarray:
     """Decode (or fetch from the cache) several images.
 
@@ -109,9 +109,7 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _anomaly_generator(cfg: MemSegConfig):  # noqa: ANN202 - memseg.synthesis type, imported lazily
-    from memseg.synthesis import AnomalyGenerator, create_texture_source
-
+def _anomaly_generator(cfg: MemSegConfig) -> AnomalyGenerator:
     return AnomalyGenerator(cfg.synthesis, create_texture_source(cfg.data.dtd_root), cfg.data.category)
 
 
@@ -122,6 +120,9 @@ def category_splits(cfg: MemSegConfig) -> tuple[CategoryFiles, Splits]:
     not ``train.seed``: it is a property of the data, so runs with different training seeds hold out
     the same memory and validation images and are selected on the same validation set.
     """
+    if cfg.model.memory_size is None:
+        msg = "model.memory_size: not set; resolve the config for its category first (resolve_for_category)"
+        raise ConfigError(msg)
     files = list_category(cfg.data.root, cfg.data.category)
     splits = make_splits(
         files, cfg.model.memory_size, cfg.model.memory_selection, cfg.data.val_fraction,
@@ -215,7 +216,7 @@ class TrainDataset(Dataset):
         self.seed = cfg.train.seed
         self.cfg = cfg
         self._images = load_images(self.paths, self.size) if cfg.data.cache_images else None
-        self._generator = None
+        self._generator: AnomalyGenerator | None = None
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
 
@@ -230,8 +231,6 @@ class TrainDataset(Dataset):
 
     def rng(self, epoch: int) -> np.random.Generator:
         """This worker's generator for ``epoch``: ``worker_rng(train.seed, worker_id, epoch)``."""
-        from memseg.synthesis import worker_rng
-
         info = torch.utils.data.get_worker_info()
         worker_id = info.id if info is not None else 0
         if self._rng is None or self._rng_key != (worker_id, epoch):
@@ -246,11 +245,22 @@ class TrainDataset(Dataset):
         if key.synthetic:
             if self._generator is None:  # built lazily: each worker process gets its own
                 self._generator = _anomaly_generator(self.cfg)
-            image, mask = self._generator(np.array(image), self.rng(key.epoch))
-            mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
+            image, mask_array = self._generator(np.array(image), self.rng(key.epoch))
+            mask = torch.from_numpy(np.ascontiguousarray(mask_array, dtype=np.float32))
         else:
             mask = torch.from_numpy(np.zeros((self.size, self.size), dtype=np.float32))
         return to_tensor(image), mask
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker start-up: one compute thread per worker (``worker_id`` is unused).
+
+    The workers run NumPy/OpenCV synthesis; letting each one spawn a thread per core would
+    oversubscribe the CPU that the main process needs for the forward pass. Each worker's synthesis
+    generator comes from ``worker_rng(seed, worker_id, epoch)`` inside the dataset, not from here.
+    """
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 @contextmanager
@@ -263,8 +273,6 @@ def _opencv_pool_stopped() -> Iterator[None]:
     parent before the fork (the validation set's synthesis) leaves such threads, so a run with
     ``data.num_workers > 0`` hung at its first batch. With one thread there is no pool to inherit.
     """
-    import cv2
-
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -276,7 +284,7 @@ def _opencv_pool_stopped() -> Iterator[None]:
 class _ForkSafeLoader(DataLoader):
     """A DataLoader whose workers are forked without OpenCV pool threads (see :func:`_opencv_pool_stopped`)."""
 
-    def _get_iterator(self):  # noqa: ANN202 - torch's private iterator types
+    def _get_iterator(self) -> _BaseDataLoaderIter:
         if self.num_workers == 0:
             return super()._get_iterator()
         with _opencv_pool_stopped():
@@ -294,8 +302,6 @@ def create_train_loader(
         start_step: the first batch's index (resume).
         pin_memory: page-locked batches for asynchronous host-to-GPU copies (CUDA only).
     """
-    from memseg.training.seeding import worker_init_fn
-
     dataset = TrainDataset(samples, cfg)
     sampler = BalancedBatchSampler(
         len(dataset), cfg.train.batch_size, cfg.synthesis.synthetic_ratio, cfg.train.seed, start_step
@@ -376,6 +382,7 @@ def build_validation_set(samples: Sequence[Sample], cfg: MemSegConfig) -> EvalSe
     clean = load_images([s.path for s in samples], size, cache=cfg.data.cache_images)
     # Held-out defects keep selection from rewarding a fit to the training synthesis
     # (see docs/model.md, "Validation and selection").
+    generator: ValidationDefectPainter | AnomalyGenerator
     if cfg.data.val_anomaly_source == "held_out":
         generator = ValidationDefectPainter.for_category(cfg.synthesis, cfg.data.category, donors=list(clean))
     else:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+
+from memseg.errors import ConfigError
 
 NUM_THREADS_ENV = "MEMSEG_NUM_THREADS"
 
@@ -33,39 +35,20 @@ def set_num_threads(num_threads: int | None = None) -> int | None:
         try:
             num_threads = int(raw)
         except ValueError:
-            from memseg.errors import ConfigError
-
             msg = f"${NUM_THREADS_ENV}: must be a positive integer, got {raw!r}"
             raise ConfigError(msg) from None
     if num_threads < 1:
-        from memseg.errors import ConfigError
-
         msg = f"num_threads: must be >= 1, got {num_threads}"
         raise ConfigError(msg)
     torch.set_num_threads(num_threads)
     return num_threads
 
 
-def worker_init_fn(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signature
-    """DataLoader worker start-up: one compute thread per worker.
-
-    The workers run NumPy/OpenCV synthesis; letting each one spawn a thread per core would
-    oversubscribe the CPU that the main process needs for the forward pass. Each worker's synthesis
-    generator comes from ``worker_rng(seed, worker_id, epoch)`` inside the dataset, not from here.
-    """
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - opencv is a dependency
-        pass
-
-
 def rng_state() -> dict[str, Any]:
     """The global generators' state, as tensors and plain types only (``weights_only`` safe)."""
     py_state = random.getstate()
-    np_state = np.random.get_state()
+    # legacy=True returns the MT19937 tuple (the dict form is for legacy=False).
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [py_state[0], list(py_state[1]), py_state[2]],

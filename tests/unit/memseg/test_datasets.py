@@ -21,6 +21,7 @@ from memseg.data.datasets import (
     load_test_set,
     synthetic_count,
 )
+from memseg.errors import ConfigError
 from memseg.synthesis import AnomalyGenerator, create_texture_source, worker_rng
 
 SIZE = 64
@@ -101,6 +102,27 @@ def test_loader_batches_hold_the_synthetic_share_with_real_masks(cfg: MemSegConf
         assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
         # carpet uses no foreground mask, so every synthetic item gets a non-empty Perlin mask.
         assert int((masks.flatten(1).sum(1) > 0).sum()) == 4
+
+
+def test_a_worker_process_loads_the_batches_the_main_process_would(cfg: MemSegConfig) -> None:
+    # One worker has worker id 0, as the main process does, so it draws the same anomalies; its
+    # start-up (worker_init_fn) limits it to one torch and one OpenCV thread.
+    _, splits = category_splits(cfg)
+    main = iter(create_train_loader(splits.train, cfg))
+    worker_cfg = cfg.with_overrides({"data.num_workers": 1})
+    loader = create_train_loader(splits.train, worker_cfg)
+    assert loader.worker_init_fn is ds.worker_init_fn
+    forked = iter(loader)
+    for _ in range(2):
+        (images_a, masks_a), (images_b, masks_b) = next(main), next(forked)
+        torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+        torch.testing.assert_close(masks_a, masks_b, rtol=0, atol=0)
+    forked._shutdown_workers()
+
+
+def test_category_splits_names_an_unresolved_memory_size(cfg: MemSegConfig) -> None:
+    with pytest.raises(ConfigError, match=r"model\.memory_size: not set"):
+        category_splits(cfg.with_overrides({"model.memory_size": None}))
 
 
 def test_training_split_excludes_memory_and_validation_images(cfg: MemSegConfig) -> None:
