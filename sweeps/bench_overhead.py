@@ -47,8 +47,6 @@ from sweeps.driver import CategoryPlan, SweepResult, plan_sweep, run_sweep
 from sweeps.spec import SweepSpec, load_sweep_spec
 from sweeps.trainable import trial_config
 
-logger = logging.getLogger(__name__)
-
 OVERHEAD = Figure("sweep.overhead_share", "share", Better.LOWER,
                   "share of a smoke-sweep trial's wall time outside training steps")
 FIGURES = (OVERHEAD,)

@@ -25,6 +25,9 @@ MACHINE_FIELDS = ("cpu_model", "cpu_count", "cpus_available", "torch", "device",
 SINGLE_RUN_TOLERANCE = 0.05
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
+
+# A report as read back from its JSON file: plain data of any bench version, checked where used.
+ReportDoc = Mapping[str, Any]
 UNDECLARED = "no direction (figure not declared)"
 
 
@@ -51,7 +54,7 @@ class FigureChange:
     better: Better | None = None
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+def load_report(path: str | Path) -> ReportDoc:
     """Read a ``memseg bench --json`` file.
 
     Raises:
@@ -95,9 +98,7 @@ def _missing(base: object, new: object) -> str:
     return "skipped in base" if _median(base) is None else "skipped in new"
 
 
-def compare_reports(
-    base: Mapping[str, Any], new: Mapping[str, Any], figures: Sequence[Figure]
-) -> list[FigureChange]:
+def compare_reports(base: ReportDoc, new: ReportDoc, figures: Sequence[Figure]) -> list[FigureChange]:
     """Every figure of either report with its change and verdict: the declared ``figures`` first, in
     their order, then any other name sorted (compared, but without a verdict)."""
     declared = {f.name: f for f in figures}
@@ -133,7 +134,7 @@ def regressions(changes: Sequence[FigureChange], max_regression: float) -> list[
     return out
 
 
-def machine_differences(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def machine_differences(base: ReportDoc, new: ReportDoc) -> list[tuple[str, str, str]]:
     """``(field, base, new)`` for the machine and settings fields that differ."""
     out = []
     for section, fields in (("machine", MACHINE_FIELDS), ("settings", None)):
@@ -144,7 +145,7 @@ def machine_differences(base: Mapping[str, Any], new: Mapping[str, Any]) -> list
     return out
 
 
-def format_comparison(base: Mapping[str, Any], new: Mapping[str, Any], changes: Sequence[FigureChange]) -> str:
+def format_comparison(base: ReportDoc, new: ReportDoc, changes: Sequence[FigureChange]) -> str:
     """The comparison as text: differing machine/settings fields, then a row per figure."""
     lines = []
     diffs = machine_differences(base, new)

@@ -25,7 +25,7 @@ def _proc_status_bytes(field: str) -> int | None:
 def _rss_bytes() -> int | None:
     """Current RSS: psutil where installed (any OS), else Linux's /proc; None where neither exists."""
     try:
-        import psutil  # noqa: PLC0415 - optional dependency (installed with Ray, not with memseg)
+        import psutil  # noqa: PLC0415 - optional, not a dependency of memseg
     except ImportError:
         return _proc_status_bytes("VmRSS")
     return int(psutil.Process().memory_info().rss)
@@ -52,7 +52,7 @@ class PeakRSS:
     """Peak resident memory of this process while the ``with`` block runs.
 
     On Linux the kernel's own high-water mark is reset on entry and read on exit (``method`` =
-    ``vmhwm``): exact, whatever the scheduler does. Elsewhere, with psutil (installed with Ray), a
+    ``vmhwm``): exact, whatever the scheduler does. Elsewhere, with psutil (where installed), a
     background thread samples the RSS every ``interval`` seconds, which can miss a short spike while
     the machine is loaded or C code holds the GIL; without psutil, the process's ``ru_maxrss`` at the
     end is used, the peak since the process started and therefore an upper bound. (tracemalloc does

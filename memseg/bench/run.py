@@ -33,7 +33,7 @@ def declared_figures() -> list[Figure]:
 def run_bench(
     settings: BenchSettings,
     *,
-    sections: Sequence[str] = tuple(SECTIONS),
+    sections: Sequence[str] | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchReport:
@@ -41,13 +41,14 @@ def run_bench(
 
     Args:
         settings: what to measure.
-        sections: any of ``synthesis``, ``loader``, ``training``, ``inference``.
+        sections: any of ``synthesis``, ``loader``, ``training``, ``inference`` (None: all, in that order).
         workdir: where the generated data goes (default: a temporary folder, removed afterwards).
         log: called with a line before each section (progress).
 
     Raises:
         ConfigError: for an unknown section, a CUDA device on a machine without one, or a bad setting.
     """
+    sections = list(SECTIONS) if sections is None else sections
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         msg = f"bench sections: unknown {unknown} (known: {', '.join(SECTIONS)})"

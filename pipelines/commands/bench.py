@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time (default) or CPU time")
     p.add_argument("--dtd-root", metavar="DIR", help="DTD root for texture sources (default: procedural)")
     p.add_argument(
-        "--sections", nargs="+", metavar="NAME", default=["synthesis", "loader", "training", "inference"],
+        "--sections", nargs="+", metavar="NAME",
         help="any of synthesis loader training inference (default: all)",
     )
     p.add_argument("--skip-sweep", action="store_true", help="do not measure the sweep overhead (no Ray)")
