@@ -7,7 +7,8 @@ Each test runs the CLI in a subprocess (as a user would, with ``RAY_ADDRESS`` an
   category's parent with params, metric history and heat-map images; nothing is left RUNNING; the
   best trial per category is identified; trials ran on both nodes;
 * an injected failure before the first checkpoint is retried and ends FAILED, one after a
-  checkpoint is retried from it and finishes, the rest of the sweep finishes;
+  checkpoint is retried from it and finishes, the rest of the sweep finishes (the real trainable
+  wrapped through ``trainable_factory`` with a training callback that raises; nothing in the config);
 * ``kill -9`` of the driver mid-sweep, then ``--resume``: finished trials are not rerun and the
   MLflow run count equals the trial count.
 
@@ -28,12 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray.cloudpickle
+import yaml
 from mlflow import MlflowClient
 
-from memseg.config import load_config
-from pipelines import tracking
+from memseg.config import MemSegConfig, load_config
+from memseg.training.callbacks import Callback, TrainingCallback
+from pipelines import schema
+from pipelines.sweep_stage import run_tracked_sweep
 from sweeps.dataset import ensure_dataset
+from sweeps.driver import CategoryPlan
 from sweeps.spec import load_sweep_spec
+from sweeps.trainable import Trainable, make_trainable
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -92,20 +99,20 @@ def _result_lines(storage: Path, sweep_id: str, category: str, trial_id: str) ->
 
 def _runs(client: MlflowClient, sweep_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parent run per category, child run per trial id) of a sweep's experiment."""
-    exp = client.get_experiment_by_name(tracking.experiment_name(sweep_id))
+    exp = client.get_experiment_by_name(schema.experiment_name(sweep_id))
     assert exp is not None, f"no MLflow experiment for sweep {sweep_id}"
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents: dict[str, Any] = {}
     children: dict[str, Any] = {}
     for run in runs:
         tags = run.data.tags
-        if tags.get(tracking.TAG_ROLE) == "parent":
-            assert tags[tracking.TAG_CATEGORY] not in parents, "two parent runs for one category"
-            parents[tags[tracking.TAG_CATEGORY]] = run
+        if tags.get(schema.TAG_ROLE) == schema.ROLE_PARENT:
+            assert tags[schema.TAG_CATEGORY] not in parents, "two parent runs for one category"
+            parents[tags[schema.TAG_CATEGORY]] = run
         else:
-            assert tags.get(tracking.TAG_ROLE) == "trial"
-            assert tags[tracking.TAG_TRIAL] not in children, f"two runs for trial {tags[tracking.TAG_TRIAL]}"
-            children[tags[tracking.TAG_TRIAL]] = run
+            assert tags.get(schema.TAG_ROLE) == schema.ROLE_TRIAL
+            assert tags[schema.TAG_TRIAL] not in children, f"two runs for trial {tags[schema.TAG_TRIAL]}"
+            children[tags[schema.TAG_TRIAL]] = run
     return parents, children
 
 
@@ -123,16 +130,16 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
     for category in ("bottle", "carpet"):
         trials = _tune_trials(storage, sweep_id, category)
         assert len(trials) == 3 and set(trials.values()) == {"TERMINATED"}
-        mine = {tid: r for tid, r in children.items() if r.data.tags[tracking.TAG_CATEGORY] == category}
+        mine = {tid: r for tid, r in children.items() if r.data.tags[schema.TAG_CATEGORY] == category}
         assert set(mine) == set(trials)  # exactly one run per trial, no strays
         parent = parents[category]
         assert parent.info.status == "FINISHED"
         scores = {}
         for tid, run in mine.items():
-            assert run.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+            assert run.data.tags[schema.TAG_PARENT] == parent.info.run_id
             assert run.info.status in ("FINISHED", "KILLED")
-            assert run.data.tags[tracking.TAG_SWEEP] == sweep_id
-            assert run.data.tags[tracking.TAG_FINGERPRINT] == parent.data.tags[tracking.TAG_FINGERPRINT]
+            assert run.data.tags[schema.TAG_SWEEP] == sweep_id
+            assert run.data.tags[schema.TAG_FINGERPRINT] == parent.data.tags[schema.TAG_FINGERPRINT]
             assert run.data.params["data.category"] == category
             assert run.data.params["data.image_size"] == "64"
             assert "synthesis.perlin_threshold" in run.data.params and "optim.lr" in run.data.params
@@ -140,12 +147,12 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
             assert history and {m.step for m in history} <= {8, 16}
             pngs = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
             assert len(pngs) >= 2 * len(history)  # eval.heatmap_samples=2 per evaluation
-            nodes.add(run.data.tags[tracking.TAG_NODE])
+            nodes.add(run.data.tags[schema.TAG_NODE])
             scores[tid] = max(m.value for m in history)
         finished = [tid for tid, r in mine.items() if r.info.status == "FINISHED"]
         assert finished, "ASHA lets the first trial to reach each rung go on"
         best = max(scores, key=scores.get)
-        assert parent.data.tags["best_trial_id"] == best
+        assert parent.data.tags[schema.TAG_BEST_TRIAL] == best
         assert parent.data.metrics[METRIC] == pytest.approx(scores[best])
         assert f"{category}: {scores[best]:.4f}  trial {best}" in out.stdout
         best_cfg = load_config(storage / sweep_id / category / "best_config.yaml")  # retrains the winner
@@ -161,54 +168,103 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
     assert "MLflow: http://" in out.stdout
 
 
+# A trial's first attempt fails at this step, chosen by the trial's Perlin threshold (a swept value the
+# trial has anyway): step 2 comes before the first checkpoint (step 8), step 12 after it.
+FAIL_AT_STEP = {0.42: 2, 0.58: 12}
+
+
+class FailAtStep(Callback):
+    """Raises at ``step`` in a run that starts from scratch; a run resumed from a checkpoint gets past it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.from_scratch = True
+
+    def on_train_begin(self, start_step: int) -> None:
+        self.from_scratch = start_step == 0
+
+    def on_step(self, step: int) -> None:
+        if self.from_scratch and step == self.step:
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+def failing_callbacks(trial_id: str, cfg: MemSegConfig) -> list[TrainingCallback]:
+    step = FAIL_AT_STEP.get(cfg.synthesis.perlin_threshold)
+    return [] if step is None else [FailAtStep(step)]
+
+
+def failing_trainable(plan: CategoryPlan) -> Trainable:
+    """The real trainable, with :class:`FailAtStep` in the trials :data:`FAIL_AT_STEP` names."""
+    return make_trainable(plan.category, plan.base_config, extra_callbacks=failing_callbacks)
+
+
 def _write_failure_spec(tmp_path: Path, data_root: Path) -> Path:
     space = tmp_path / "failing-space.yaml"
-    space.write_text(
-        "version: 1\nname: failing\nparams:\n"
-        "  synthesis.perlin_threshold: {type: float, low: 0.4, high: 0.6}\n"
-        "  train.fail_at_step: {type: categorical, choices: [null, 2, 12]}\n"
-    )
+    space.write_text("version: 1\nname: failing\nparams:\n"
+                     "  synthesis.perlin_threshold: {type: float, low: 0.4, high: 0.6}\n")
     smoke = load_sweep_spec("smoke").model_dump()
     smoke.update(name="failing", categories=["bottle"])
     smoke["data"] = {"root": str(data_root)}
     smoke["search"] = {"space": str(space), "num_samples": 3, "max_concurrent": 2, "n_startup_trials": 1,
-                       "extra_points": [{"train.fail_at_step": 2}, {"train.fail_at_step": 12}]}
+                       "extra_points": [{"synthesis.perlin_threshold": t} for t in FAIL_AT_STEP]}
     smoke["scheduler"] = {"kind": "fifo"}
     smoke["failure"] = {"max_failures": 1}
     path = tmp_path / "failing.yaml"
-    import yaml
-
     path.write_text(yaml.safe_dump(smoke))
     return path
+
+
+def drive_failing_sweep(spec_path: str, storage: str, sweep_id: str, tracking_uri: str) -> None:
+    """The failing sweep's driver: run in a process of its own by the test below, as the CLI would be.
+
+    Prints the outcome counts of the category as the last line (JSON).
+    """
+    # The workers unpickle the trainable, FailAtStep included, without importing this module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = load_sweep_spec(spec_path).with_changes({"storage.path": storage})
+    tracked = run_tracked_sweep(spec, tracking_uri=tracking_uri, sweep_id=sweep_id,
+                                trainable_factory=failing_trainable)
+    print(json.dumps(tracked.result.categories["bottle"].counts()), flush=True)
 
 
 def test_failing_trial_is_retried_then_failed(ray_cluster, mlflow_server, data_root: Path, tmp_path: Path) -> None:
     sweep_id = f"failing-{uuid.uuid4().hex[:6]}"
     storage = tmp_path / "storage"
-    out = _run(["--config", str(_write_failure_spec(tmp_path, data_root)), "--storage", str(storage),
-                "--sweep-id", sweep_id], _env(ray_cluster, mlflow_server), tmp_path)
-    assert out.returncode == 0  # the sweep goes on and finishes the other trials
+    env = _env(ray_cluster, mlflow_server)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    code = ("import sys; from tests.integration.test_sweep_cluster import drive_failing_sweep; "
+            "drive_failing_sweep(*sys.argv[1:])")
+    args = [str(_write_failure_spec(tmp_path, data_root)), str(storage), sweep_id, mlflow_server.uri]
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    print(out.stdout[-6000:], out.stderr[-6000:], sep="\n")  # shown by pytest on failure
+    assert out.returncode == 0
+    # The sweep goes on and finishes the other trials.
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"failed": 1, "finished": 2}
 
     client = MlflowClient(mlflow_server.uri)
     _, children = _runs(client, sweep_id)
     trials = _tune_trials(storage, sweep_id, "bottle")
     assert set(children) == set(trials) and len(trials) == 3
-    by_fail = {r.data.params["train.fail_at_step"]: r for r in children.values()}
-    assert set(by_fail) == {"None", "2", "12"}
+    by_threshold = {float(r.data.params["synthesis.perlin_threshold"]): r for r in children.values()}
+    assert len(by_threshold) == 3 and set(FAIL_AT_STEP) < set(by_threshold)
+    assert not [k for r in children.values() for k in r.data.params if "fail" in k]  # no injection in the params
 
-    early = by_fail["2"]  # fails before the first checkpoint: every attempt fails
+    early = by_threshold[0.42]  # fails before the first checkpoint: every attempt fails
     assert early.info.status == "FAILED"
-    assert early.data.tags[tracking.TAG_FAILURES] == "2"  # the first attempt and one retry
-    assert "injected failure" in early.data.tags[tracking.TAG_ERROR]
-    assert trials[early.data.tags[tracking.TAG_TRIAL]] == "ERROR"
+    assert early.data.tags[schema.TAG_FAILURES] == "2"  # the first attempt and one retry
+    assert "injected failure at step 2" in early.data.tags[schema.TAG_ERROR]
+    assert trials[early.data.tags[schema.TAG_TRIAL]] == "ERROR"
 
-    late = by_fail["12"]  # fails after the step-8 checkpoint: the retry resumes from it and finishes
+    late = by_threshold[0.58]  # fails after the step-8 checkpoint: the retry resumes from it and finishes
     assert late.info.status == "FINISHED"
-    assert late.data.tags[tracking.TAG_FAILURES] == "1"
+    assert late.data.tags[schema.TAG_FAILURES] == "1"
     steps = [m.step for m in client.get_metric_history(late.info.run_id, METRIC)]
     assert sorted(steps) == [8, 16]  # step 8 was not trained twice
 
-    assert by_fail["None"].info.status == "FINISHED"
+    (other,) = (r for t, r in by_threshold.items() if t not in FAIL_AT_STEP)
+    assert other.info.status == "FINISHED"
+    assert schema.TAG_FAILURES not in other.data.tags
     assert "failed 1" in out.stdout
 
 
