@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import ray
+import ray.cloudpickle
+from ray import tune
 
 from memseg.errors import ConfigError
+from memseg.metrics.keys import STEP
 from sweeps import driver
-from sweeps.spec import load_sweep_spec
-from sweeps.trainable import make_trainable, trial_config
+from sweeps.spec import ParamValue, load_sweep_spec
+from sweeps.trainable import Trainable, make_trainable, trainable_name, trial_config
 
 
 @pytest.fixture
@@ -54,8 +61,6 @@ def test_trainables_have_one_name_per_category(spec) -> None:
     plans = driver.plan_sweep(spec, "sid")
     fns = [make_trainable(p.category, p.base_config) for p in plans]
     assert [f.__name__ for f in fns] == ["memseg_bottle", "memseg_carpet"]
-    import ray.cloudpickle
-
     assert ray.cloudpickle.loads(ray.cloudpickle.dumps(fns[0])).__name__ == "memseg_bottle"
 
 
@@ -81,3 +86,40 @@ def test_tuner_builds_and_pickles(spec) -> None:
     driver.build_tuner(plan, spec, callbacks=[])
     assert (Path(plan.experiment_path) / "tuner.pkl").is_file()
     assert pickle.loads(pickle.dumps(plan.space)).space_name == "paper"
+
+
+# --- what the trials run is injected ----------------------------------------------------------------
+
+
+def simulated_trainable(plan: driver.CategoryPlan) -> Trainable:
+    """A stand-in for training: reports twice, a score that is the trial's Perlin threshold at the end."""
+    metric, budget = plan.metric, plan.step_budget
+
+    def trial(config: dict[str, ParamValue]) -> None:
+        threshold = config["synthesis.perlin_threshold"]
+        assert isinstance(threshold, float)
+        for step in (budget // 2, budget):
+            tune.report({STEP: step, metric: threshold * step / budget})
+
+    trial.__name__ = trainable_name(plan.category)
+    return trial
+
+
+@pytest.mark.ray
+def test_trainable_factory_replaces_what_the_trials_run(spec) -> None:
+    spec = spec.with_changes({"scheduler.kind": "fifo", "search.max_concurrent": 1})
+    plans = driver.plan_sweep(spec, "simulated", ["bottle"])
+    # The workers unpickle the simulated trainable without importing this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with mock.patch.dict(os.environ):  # run_sweep sets Tune's variables for the whole process
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+        try:
+            result = driver.run_sweep(spec, plans, trainable_factory=simulated_trainable)
+        finally:
+            ray.shutdown()
+            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    bottle = result.categories["bottle"]
+    assert bottle.error is None and bottle.counts() == {"finished": 3}
+    assert all(t.step == 16 and t.checkpoint_path is None for t in bottle.trials)  # nothing was trained
+    assert [t.score for t in bottle.trials] == [t.params["synthesis.perlin_threshold"] for t in bottle.trials]
+    assert bottle.best is not None and bottle.best.score == max(t.score or 0.0 for t in bottle.trials)
