@@ -1,14 +1,20 @@
-"""Registration and the promotion gate against a real ``mlflow server`` (SQLite backend, artifact proxy).
+"""Registration, the promotion gate and the report against a real ``mlflow server`` (SQLite backend, artifact proxy).
 
 Two checkpoints of known order: a tiny untrained MemSeg and the same network with its two output
 channels swapped, whose anomaly map is exactly ``1 - map``, so its pixel AUROC is ``1 - AUROC``.
 Whichever scores higher on the gate data is "better"; no training needed, nothing mocked.
+
+The last test drives the stages after a sweep (register -> promote -> report) on a sweep whose
+spec selects on AUPRO: its parent and trial runs are written by the real tracking callback fed with
+Tune-like events, so no Ray cluster is needed.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -19,7 +25,9 @@ from memseg.data.datasets import category_splits, load_memory_images
 from memseg.inference import load_checkpoint
 from memseg.model import create_model
 from memseg.training.checkpoint import load_model_file, save_model
-from pipelines import promotion, registry
+from pipelines import flow, promotion, registry, report, schema, tracking
+from sweeps import driver
+from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.mlflow]
@@ -28,25 +36,20 @@ CATEGORY = "carpet"
 POLICY = promotion.PromotionPolicy(metric="pixel_auroc", guard_metrics=(), margin=0.0, floor=0.0, data="val")
 
 
-def _checkpoints(root: Path, out: Path) -> tuple[Path, Path]:
+def _checkpoints(
+    cfg: MemSegConfig, plain: Path, flipped: Path, metrics: tuple[dict[str, float], dict[str, float]]
+) -> tuple[Path, Path]:
+    """An untrained model at ``plain`` and its channel-swapped twin at ``flipped``, with the given val metrics."""
     torch.manual_seed(0)
-    cfg = resolve_for_category(
-        MemSegConfig().with_overrides(
-            {
-                "data.root": str(root), "data.category": CATEGORY, "data.image_size": 64,
-                "model.backbone_weights": "none", "model.memory_size": 2, "eval.batch_size": 8,
-            }
-        )
-    )
     model = create_model(cfg)
     _, splits = category_splits(cfg)
-    model.build_memory(load_memory_images(splits.memory, 64))
-    (out / "a").mkdir()
-    plain = save_model(out / "a" / "best_model.pt", model, cfg, 1, {"val_pixel_auroc": 0.5})
+    model.build_memory(load_memory_images(splits.memory, cfg.data.image_size))
+    plain.parent.mkdir(parents=True)
+    save_model(plain, model, cfg, 1, metrics[0])
     payload = load_model_file(plain)
     for key in ("decoder.final.1.weight", "decoder.final.1.bias"):
         payload["state_dict"][key] = payload["state_dict"][key].flip(0)  # logits swapped: map -> 1 - map
-    flipped = out / "b" / "best_model.pt"
+    payload["metrics"] = metrics[1]
     flipped.parent.mkdir(parents=True)
     torch.save(payload, flipped)
     return plain, flipped
@@ -55,11 +58,20 @@ def _checkpoints(root: Path, out: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("registry")
-    a, b = _checkpoints(synthetic_root, tmp)
+    cfg = resolve_for_category(
+        MemSegConfig().with_overrides(
+            {
+                "data.root": str(synthetic_root), "data.category": CATEGORY, "data.image_size": 64,
+                "model.backbone_weights": "none", "model.memory_size": 2, "eval.batch_size": 8,
+            }
+        )
+    )
+    val = {"val_pixel_auroc": 0.5}
+    a, b = _checkpoints(cfg, tmp / "a" / "best_model.pt", tmp / "b" / "best_model.pt", (val, val))
     cfg = load_checkpoint(a)[1]
     data = promotion.gate_data(cfg, cfg, POLICY)
-    score_a = promotion.measure(a, data, device="cpu")["pixel_auroc"]
-    score_b = promotion.measure(b, data, device="cpu")["pixel_auroc"]
+    score_a = promotion.measure(a, data, rule=cfg.eval, device="cpu")["pixel_auroc"]
+    score_b = promotion.measure(b, data, rule=cfg.eval, device="cpu")["pixel_auroc"]
     assert score_a == pytest.approx(1.0 - score_b, abs=1e-6)
     assert abs(score_a - 0.5) > 1e-3, "the untrained model is exactly at chance; pick another seed"
     better, worse = (a, b) if score_a > score_b else (b, a)
@@ -72,7 +84,8 @@ def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: p
 def _winner(setup: dict, trial: str, ckpt: Path) -> registry.Winner:
     return registry.Winner(
         sweep_id="s1", category=CATEGORY, trial_id=trial, checkpoint=ckpt, val_metrics={"val_pixel_auroc": 0.5},
-        experiment_id=setup["experiment"], dataset=setup["dataset"], dataset_fingerprint="fp",
+        experiment_id=setup["experiment"], selection_metric="val_pixel_auroc", dataset=setup["dataset"],
+        dataset_fingerprint="fp",
     )
 
 
@@ -88,7 +101,7 @@ def test_register_promote_refuse(mlflow_server: MlflowServer, setup: dict) -> No
     assert set(r1.test_metrics) >= {"test_image_auroc", "test_pixel_auroc"}
     v1 = client.get_model_version(name, "1")
     for tag in ("sweep_id", "trial_id", "git_commit", "dataset_fingerprint", "image_size", "backbone_weights",
-                "val_pixel_auroc", "test_pixel_auroc"):
+                "val_pixel_auroc", "test_pixel_auroc", "selection_metric"):
         assert v1.tags.get(tag), tag
     assert v1.tags["image_size"] == "64" and v1.tags["backbone_weights"] == "none"
     assert client.get_model_version_by_alias(name, "challenger").version == "1"
@@ -130,3 +143,92 @@ def test_register_promote_refuse(mlflow_server: MlflowServer, setup: dict) -> No
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
     logged = mlflow.search_logged_models(experiment_ids=[setup["experiment"]], output_format="list")
     assert len(logged) == 3
+
+
+# --- a sweep that selects on AUPRO: registration, gate and report follow it ------------------------------
+
+
+@dataclass
+class TrialRecord:
+    """The fields of a Tune ``Trial`` the tracking callback reads."""
+
+    trial_id: str
+    config: dict[str, Any]
+    path: str
+    status: str = "RUNNING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+    num_failures: int = 0
+    error_file: str | None = None
+
+    def get_error(self) -> None:
+        return None
+
+
+def test_aupro_selection_reaches_registration_gate_and_report(
+    mlflow_server: MlflowServer, synthetic_root: Path, tmp_path: Path
+) -> None:
+    uri = mlflow_server.uri
+    sweep_id = f"aupro-{uuid.uuid4().hex[:8]}"
+    spec = load_sweep_spec("smoke").with_changes({
+        "data.root": str(synthetic_root), "storage.path": str(tmp_path / "sweeps"),
+        "base.eval.selection_metric": "val_pixel_aupro",
+    })
+    plan = driver.plan_sweep(spec, sweep_id, [CATEGORY])[0]
+    assert plan.metric == "best_val_pixel_aupro"
+
+    # Two finished trials whose AUPRO and AUROC disagree: ranked on AUROC, "t_auroc" would win.
+    figures = {
+        "t_aupro": {"val_pixel_aupro": 0.9, "val_pixel_auroc": 0.2},
+        "t_auroc": {"val_pixel_aupro": 0.3, "val_pixel_auroc": 0.95},
+    }
+    trial_dirs = {t: Path(plan.experiment_path) / f"memseg_{CATEGORY}_{t}" for t in figures}
+    _checkpoints(plan.base_config, *(trial_dirs[t] / "checkpoint_000000" / "best_model.pt" for t in figures),
+                 (figures["t_aupro"], figures["t_auroc"]))
+    point = plan.space.default_point()
+    sweep = tracking.SweepTracking(uri, sweep_id, spec_name=spec.name, commit="abc123")
+    callback = sweep.callback(plan)
+    for trial_id, values in figures.items():
+        trial = TrialRecord(trial_id, {**point, "optim.lr": point["optim.lr[sgd]"]}, str(trial_dirs[trial_id]))
+        callback.on_trial_start(0, [], trial)
+        result = {"step": plan.step_budget, **values, **{f"best_{k}": v for k, v in values.items()}}
+        callback.on_trial_result(0, [], trial, result)
+        trial.last_result, trial.status = result, "TERMINATED"
+        callback.on_trial_complete(0, [], trial)
+    # The study "crashed" before naming its best trial: registration must rank on the parent's
+    # tune_metric (AUPRO), not on a default.
+    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path))
+
+    winner = registry.find_winner(uri, sweep_id, CATEGORY, workdir=tmp_path / "work")
+    assert (winner.trial_id, winner.selection_metric) == ("t_aupro", "val_pixel_aupro")
+    reg = registry.register_winner(uri, winner, device="cpu")
+    client = mlflow.MlflowClient(uri)
+    version = schema.RegisteredVersion.from_version(client.get_model_version(reg.name, reg.version))
+    assert version.selection_metric == "val_pixel_aupro" and version.trial_id == "t_aupro"
+    assert version.val_metrics["val_pixel_aupro"] == pytest.approx(0.9)
+
+    # No metric in the policy: the gate compares the model's selection metric.
+    outcome = promotion.promote(uri, reg.name, promotion.PromotionPolicy(floor=0.0), device="cpu")
+    assert outcome.decision is not None and outcome.decision.metric == "pixel_aupro"
+    assert outcome.decision.challenger_value == pytest.approx(outcome.challenger_metrics["pixel_aupro"])
+    tags = client.get_model_version(reg.name, reg.version).tags
+    assert tags[schema.GATE_METRIC] == "pixel_aupro" and "pixel_aupro" in tags[schema.GATE_REASON]
+    assert schema.RegisteredVersion.from_version(client.get_model_version(reg.name, reg.version)).gate is not None
+
+    written = report.write_sweep_report(uri, sweep_id, tmp_path / "report")
+    (category,) = written.categories
+    assert category.selection_metric == "val_pixel_aupro" and category.result.best_trial == "t_aupro"
+    assert "selected on val_pixel_aupro" in written.files.markdown.read_text()
+    summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written,
+                                                      promotions={CATEGORY: outcome}))
+    assert f"{CATEGORY}: val_pixel_aupro=0.9000" in summary
+
+
+def test_a_parent_run_without_its_tune_metric_is_an_error_naming_it(mlflow_server: MlflowServer) -> None:
+    uri = mlflow_server.uri
+    sweep_id = f"untagged-{uuid.uuid4().hex[:8]}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment(schema.experiment_name(sweep_id))
+    run = client.create_run(experiment, tags={schema.TAG_SWEEP: sweep_id, schema.TAG_CATEGORY: CATEGORY,
+                                              schema.TAG_ROLE: schema.ROLE_PARENT})
+    with pytest.raises(schema.SchemaError, match=rf"parent run {run.info.run_id} has no 'tune_metric' tag"):
+        registry.find_winner(uri, sweep_id, CATEGORY, workdir=Path("unused"))

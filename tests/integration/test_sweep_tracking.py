@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import tracking
+from pipelines import schema, tracking
 from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from sweeps.status import board_for  # noqa: F401  (imports ray.tune, as the driver does)
@@ -120,31 +120,34 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     sweep2.finalize(plan, driver.CategoryResult("bottle", plan.experiment_path, best=best))
 
     runs = client.search_runs([sweep.experiment_id])
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "parent"]
-    children = {r.data.tags[tracking.TAG_TRIAL]: r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"}
+    parents = [r for r in runs if r.data.tags.get(schema.TAG_ROLE) == "parent"]
+    children = {r.data.tags[schema.TAG_TRIAL]: r for r in runs if r.data.tags.get(schema.TAG_ROLE) == "trial"}
     assert len(parents) == 1 and len(runs) == 5  # one parent + exactly one run per trial
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_trial_id"] == "t_00000"
     assert parent.data.tags["best_run_id"] == children["t_00000"].info.run_id
+    read = schema.ParentRun.from_run(parent)  # everything the later stages need is there
+    assert (read.sweep_id, read.category, read.tune_metric) == (plan.sweep_id, "bottle", plan.metric)
+    assert read.experiment_path == plan.experiment_path and read.finished
     assert parent.data.metrics[plan.metric] == pytest.approx(0.8)
-    assert {r.data.tags[tracking.PARENT_TAG] for r in children.values()} == {parent.info.run_id}
+    assert {r.data.tags[schema.TAG_PARENT] for r in children.values()} == {parent.info.run_id}
 
-    status = {tid: (r.info.status, r.data.tags.get(tracking.TAG_OUTCOME)) for tid, r in children.items()}
+    status = {tid: (r.info.status, r.data.tags.get(schema.TAG_OUTCOME)) for tid, r in children.items()}
     assert status == {
         "t_00000": ("FINISHED", "finished"),
         "t_00001": ("KILLED", "pruned"),
         "t_00002": ("FAILED", "failed"),
         "t_00003": ("KILLED", "pruned"),
     }
-    assert children["t_00002"].data.tags[tracking.TAG_FAILURES] == "2"
-    assert "injected" in children["t_00002"].data.tags[tracking.TAG_ERROR]
+    assert children["t_00002"].data.tags[schema.TAG_FAILURES] == "2"
+    assert "injected" in children["t_00002"].data.tags[schema.TAG_ERROR]
 
     run = children["t_00000"]
-    assert run.data.tags[tracking.TAG_SWEEP] == plan.sweep_id
-    assert run.data.tags[tracking.TAG_CATEGORY] == "bottle"
-    assert run.data.tags[tracking.TAG_GIT] == "abc123"
-    assert run.data.tags[tracking.TAG_FINGERPRINT] == plan.dataset_fingerprint
+    assert run.data.tags[schema.TAG_SWEEP] == plan.sweep_id
+    assert run.data.tags[schema.TAG_CATEGORY] == "bottle"
+    assert run.data.tags[schema.TAG_GIT] == "abc123"
+    assert run.data.tags[schema.TAG_FINGERPRINT] == plan.dataset_fingerprint
     assert run.data.params["data.category"] == "bottle"
     assert run.data.params["synthesis.perlin_threshold"] == "0.5"
     assert children["t_00001"].data.params["synthesis.perlin_threshold"] == "0.45"
