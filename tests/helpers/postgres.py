@@ -151,10 +151,11 @@ def start_postgres(base_dir: Path, password: str = "memseg-test-pw") -> tuple[Po
         try:
             server.connect().close()
             break
-        except Exception:
+        except Exception as exc:
             if time.monotonic() > deadline:
                 stop_postgres(proc)
-                raise RuntimeError(f"postgres did not accept connections:\n{log_path.read_text()[-4000:]}")
+                msg = f"postgres did not accept connections:\n{log_path.read_text()[-4000:]}"
+                raise RuntimeError(msg) from exc
             time.sleep(0.2)
     return server, proc
 
