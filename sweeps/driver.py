@@ -66,7 +66,7 @@ from sweeps.search_space import CategorySpace, load_space
 from sweeps.spec import ParamValue, SweepSpec, validate_spec
 from sweeps.status import CategoryState, Outcome, SweepStatus, classify
 from sweeps.storage_pruning import PruneFinishedTrials
-from sweeps.trainable import Trainable, make_trainable, trial_config
+from sweeps.trainable import Trainable, make_trainable, trainable_name, trial_config
 
 logger = logging.getLogger(__name__)
 
@@ -430,10 +430,16 @@ def default_trainable(plan: CategoryPlan) -> Trainable:
 
 
 def _with_resources(plan: CategoryPlan, spec: SweepSpec, trainable_factory: TrainableFactory) -> Trainable:
+    fn = trainable_factory(plan)
+    name = fn.__name__
+    if name != trainable_name(plan.category):
+        msg = (f"{plan.category}: the trainable_factory returned {name!r}; a trainable must be named "
+               f"{trainable_name(plan.category)!r} (Tune registers and restores trainables by name)")
+        raise SweepError(msg)
     resources = {"cpu": spec.resources.cpu}
     if spec.resources.gpu:
         resources["gpu"] = spec.resources.gpu
-    trainable: Trainable = tune.with_resources(trainable_factory(plan), resources)
+    trainable: Trainable = tune.with_resources(fn, resources)
     return trainable
 
 

@@ -123,3 +123,12 @@ def test_trainable_factory_replaces_what_the_trials_run(spec) -> None:
     assert all(t.step == 16 and t.checkpoint_path is None for t in bottle.trials)  # nothing was trained
     assert [t.score for t in bottle.trials] == [t.params["synthesis.perlin_threshold"] for t in bottle.trials]
     assert bottle.best is not None and bottle.best.score == max(t.score or 0.0 for t in bottle.trials)
+
+
+def test_a_trainable_named_otherwise_is_refused(spec) -> None:
+    plan = driver.plan_sweep(spec, "sid", ["bottle"])[0]
+
+    def trial(config: dict[str, ParamValue]) -> None: ...
+
+    with pytest.raises(driver.SweepError, match="'trial'.*'memseg_bottle'"):
+        driver.build_tuner(plan, spec, [], trainable_factory=lambda p: trial)
