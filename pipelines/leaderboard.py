@@ -1,4 +1,4 @@
-"""The leaderboard of a sweep: one row per category, ours beside the paper's (issue 4, spec 5.1).
+"""The leaderboard of a sweep: one row per category, ours beside the paper's.
 
 Pure: takes plain :class:`CategoryResult` records (``pipelines.report`` reads them from MLflow)
 and renders one pandas table three ways: CSV (machine-readable, full precision), Markdown and a

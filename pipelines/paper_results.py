@@ -1,8 +1,8 @@
-"""The paper's per-category MVTec AD figures (``memseg-spec.md`` section 5.1), for the leaderboard.
+"""The paper's per-category MVTec AD figures, for the leaderboard.
 
-UNVERIFIED: the spec could not retrieve the paper's table; these values are recalled from it. The
-image column averages to exactly 99.56 (the paper's headline), the pixel column to 98.85 (claimed
-98.84, within rounding). The report prints this caveat next to every comparison.
+UNVERIFIED: the paper's table could not be retrieved when this was written; these values are
+recalled from it. The image column averages to exactly 99.56 (the paper's headline), the pixel
+column to 98.85 (claimed 98.84, within rounding). The report prints this caveat next to every comparison.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 SOURCE = "Yang et al. 2022, MemSeg (arXiv 2205.00908), Table: MVTec AD per category"
 VERIFIED = False
 CAVEAT = (
-    "Paper figures are UNVERIFIED (recalled from the paper's table, memseg-spec.md 5.1); "
+    "Paper figures are UNVERIFIED (recalled from the paper's table); "
     "they average to the paper's headline 99.56 image / 98.84 pixel AUROC."
 )
 
