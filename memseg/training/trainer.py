@@ -150,8 +150,15 @@ class RunState:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One validation: the ``val_*`` metrics, the full record of the evaluation, the maps, and whether it
-    is the new best."""
+    """What one validation produced.
+
+    Attributes:
+        val_metrics: the ``val_*`` metrics (stored in ``model.pt``).
+        metrics: the record appended to the history and handed to the callbacks (``val_*``,
+            ``train_loss``, ``lr``, ``step``, ``best_<selection metric>``).
+        maps: float32 ``(N, H, W)`` anomaly maps of the validation set (for the heat-map overlays).
+        new_best: this evaluation became the best so far.
+    """
 
     val_metrics: dict[str, float]
     metrics: dict[str, float]
