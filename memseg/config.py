@@ -74,6 +74,15 @@ class SynthesisConfig(_Section):
         6, ge=1, le=9, description="Exclusive upper bound of the scale exponent: e is drawn from [min, max)."
     )
     perlin_rotation_deg: float = Field(90.0, ge=0.0, le=180.0, description="Noise rotated by U[-r, r] degrees.")
+    ridge_mask_probability: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="P(a thin-line mask instead of a Perlin blob): the pixels near a zero crossing of the Perlin "
+        "noise, kept inside a coarse Perlin region (crack- and scratch-like shapes, which blobs never give). "
+        "0 = blobs only (the paper's recipe; see docs/model.md, \"Anomaly synthesis\").",
+    )
+    ridge_mask_width: float = Field(
+        0.05, gt=0.0, le=0.5, description="Thin-line masks: |noise| below this is the line (wider = thicker lines)."
+    )
     transparency_min: float = Field(0.15, ge=0.0, le=1.0, description="Lower bound of the blending factor delta.")
     transparency_max: float = Field(1.0, ge=0.0, le=1.0, description="Upper bound of the blending factor delta.")
     texture_probability: float = Field(

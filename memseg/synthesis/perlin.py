@@ -34,6 +34,10 @@ _SQRT2 = np.float32(math.sqrt(2.0))
 # their spin-waiting made masks about 10x slower in measurements here. Products are therefore cut
 # into row blocks below that size, which keeps every call single-threaded whatever the BLAS setting.
 _GEMM_SINGLE_THREAD_MNK = 65536 * 4 - 1
+# Thin-line masks (synthesis.ridge_mask_probability): the finest lattice whose zero crossings still
+# read as separate strokes, and the level of the coarse region that keeps a part of them.
+_RIDGE_MAX_RES = 8
+_RIDGE_REGION_THRESHOLD = 0.2
 
 
 def _matmul_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -143,7 +147,8 @@ def perlin_mask(rng: np.random.Generator, shape: tuple[int, int], cfg: Synthesis
     Draws the per-axis scale (see :func:`draw_scales`), generates the noise, rotates it by
     ``U[-perlin_rotation_deg, +perlin_rotation_deg]`` degrees about the centre (linear
     interpolation, reflected border, so rotated corners are not forced to "normal"), and keeps the
-    pixels whose noise is above ``perlin_threshold``.
+    pixels whose noise is above ``perlin_threshold``. With probability ``ridge_mask_probability`` it
+    keeps thin lines instead (:func:`_ridge_mask`, lattices of at most 8 cells per axis).
 
     Args:
         rng: The only source of randomness (same seed, same mask).
@@ -154,12 +159,29 @@ def perlin_mask(rng: np.random.Generator, shape: tuple[int, int], cfg: Synthesis
         float32 ``(H, W)`` with values in {0, 1}.
     """
     h, w = int(shape[0]), int(shape[1])
+    # The draw is guarded so that with the option off the random stream is the paper recipe's.
+    ridge = cfg.ridge_mask_probability > 0.0 and rng.random() < cfg.ridge_mask_probability
     res = draw_scales(rng, (h, w), cfg)
+    if ridge:
+        # Coarse lattices only: at fine ones the zero crossings form a maze, not a line.
+        res = (min(res[0], _RIDGE_MAX_RES), min(res[1], _RIDGE_MAX_RES))
     noise = perlin_noise(rng, (h, w), res)
     # Always draw the angle so the random stream does not depend on the rotation range.
     angle = float(rng.uniform(-cfg.perlin_rotation_deg, cfg.perlin_rotation_deg))
     if angle != 0.0:
         rot = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
         noise = cv2.warpAffine(noise, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if ridge:
+        return _ridge_mask(rng, noise, cfg)
     _, mask = cv2.threshold(noise, cfg.perlin_threshold, 1.0, cv2.THRESH_BINARY)
     return mask
+
+
+def _ridge_mask(rng: np.random.Generator, noise: np.ndarray, cfg: SynthesisConfig) -> np.ndarray:
+    """Thin lines: the pixels within ``ridge_mask_width`` of a zero crossing of ``noise``, kept only
+    inside a coarse Perlin region so that a mask holds a few strokes rather than a network over the
+    whole image. Realistic defects are often thin (cracks, scratches), which thresholded blobs never
+    are (see docs/model.md, "Anomaly synthesis")."""
+    lines = np.abs(noise) < np.float32(cfg.ridge_mask_width)
+    region = perlin_noise(rng, (noise.shape[0], noise.shape[1]), (2, 2)) > np.float32(_RIDGE_REGION_THRESHOLD)
+    return (lines & region).astype(np.float32)

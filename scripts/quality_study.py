@@ -1,0 +1,277 @@
+"""Why do trained MemSeg maps localise worse than the training-free baseline on realistic defects?
+
+One training run per (trial, category, seed) at the learning test's budget (LEARNING in
+tests/integration/test_learning.py, via scripts/realistic_baseline.py: 128 px, 300 steps, random
+frozen backbone; ``train.seed = 42 + seed``, dataset seed = ``seed``, as that script does, so its
+default-recipe rows are comparable). At every evaluation the checkpoint is scored, from ONE set of
+maps each, on:
+
+- both validation sources (``data.val_anomaly_source`` = ``training_synthesis`` and ``held_out``),
+  so the checkpoint choice of either source can be read off afterwards;
+- the test split, under several scorings of the same maps: the image score's ``top_k`` and a
+  Gaussian smoothing of the map (sigma in pixels; 0 = none, the authors').
+
+The training-free baseline (memseg.baselines) is scored once per (category, seed) with the same
+scorings. Test figures are only reported, never used to choose.
+
+    python scripts/quality_study.py --dataset realistic --categories brick grass gravel --seeds 0 \\
+        --trials defaults small_masks --work runs/quality
+    python scripts/quality_study.py --work runs/quality --summary      # tables from what is there
+
+Rows go to ``<work>/runs.jsonl`` and ``<work>/baseline.jsonl``; a rerun skips what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from memseg.baselines import NearestMemoryBaseline
+from memseg.config import MemSegConfig, parse_overrides
+from memseg.data import surface_photos, synthetic_mvtec
+from memseg.data.datasets import EvalSet, build_validation_set, category_splits, load_memory_images, load_test_set
+from memseg.evaluation import predict_maps
+from memseg.inference import load_checkpoint
+from memseg.metrics import compute_metrics, keys
+from memseg.training import fit
+from memseg.training.loop import prepare_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("training_synthesis", "held_out")
+METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO)
+# (top_k, smoothing sigma in px): the authors' scoring first.
+SCORINGS: tuple[tuple[int, float], ...] = ((100, 0.0), (25, 0.0), (100, 2.0), (25, 2.0), (100, 4.0), (25, 4.0))
+DEFAULT_SCORING = SCORINGS[0]
+TRIALS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    # Smaller, more fragmented synthetic masks: realistic defects are thin or small (0.2-10 % of the image).
+    "small_masks": {"synthesis.perlin_min_scale_exp": 2},
+    # Half of the masks thin lines (cracks, scratches) instead of blobs.
+    "ridge_masks": {"synthesis.ridge_mask_probability": 0.5},
+    "sparse_masks": {"synthesis.perlin_threshold": 0.6, "synthesis.perlin_min_scale_exp": 1},
+    "structure_only": {"synthesis.texture_probability": 0.0},
+    "opaque": {"synthesis.transparency_min": 0.5},
+    "focal_heavy": {"loss.l1_weight": 0.2, "loss.focal_weight": 0.8, "loss.focal_gamma": 2.0},
+    "lr_0.01": {"optim.lr": 0.01},
+    "lr_0.12": {"optim.lr": 0.12},
+}
+
+
+def learning_settings() -> dict[str, Any]:
+    """LEARNING of the learning test, through scripts/realistic_baseline.py (one definition)."""
+    path = ROOT / "scripts" / "realistic_baseline.py"
+    spec = importlib.util.spec_from_file_location("memseg_realistic_baseline", path)
+    if spec is None or spec.loader is None:
+        msg = f"{path}: cannot load"
+        raise SystemExit(msg)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.learning_settings())
+
+
+def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return maps
+    return np.stack([cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
+
+
+def scored(maps: np.ndarray, data: EvalSet, scorings: Sequence[tuple[int, float]], fpr: float) -> dict[str, float]:
+    """``{"k100_s0/pixel_aupro": ...}`` for every scoring; the default scoring also per defect type."""
+    out: dict[str, float] = {}
+    for top_k, sigma in scorings:
+        per_type = data.defect_types if (top_k, sigma) == DEFAULT_SCORING else None
+        figures = compute_metrics(smooth(maps, sigma), data.masks, data.labels, per_type, top_k=top_k, fpr_limit=fpr)
+        tag = f"k{top_k}_s{sigma:g}"
+        out.update({f"{tag}/{k}": float(v) for k, v in figures.items() if k.split("/")[0] in METRICS})
+    return out
+
+
+class Recorder:
+    """Scores every evaluation's checkpoint on both validation sources and the test split."""
+
+    def __init__(self, sets: Mapping[str, EvalSet], cfg: MemSegConfig) -> None:
+        self.sets = sets
+        self.cfg = cfg
+        self.rows: list[dict[str, float]] = []
+
+    def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        model, _ = load_checkpoint(checkpoint_dir / "model.pt", "cpu")
+        row: dict[str, float] = {"step": float(step)}
+        fpr = self.cfg.eval.aupro_fpr_limit
+        for name, data in self.sets.items():
+            maps = predict_maps(model, data.images, self.cfg.eval.batch_size, "cpu")
+            scorings = SCORINGS if name == "test" else (DEFAULT_SCORING,)
+            row.update({f"{name}/{k}": v for k, v in scored(maps, data, scorings, fpr).items()})
+        self.rows.append(row)
+
+
+def dataset_root(work: Path, dataset: str, seed: int, category: str) -> Path:
+    root = work / f"{dataset}_seed{seed}"
+    if not (root / category).is_dir():
+        module = surface_photos if dataset == "realistic" else synthetic_mvtec
+        module.generate_dataset(root, size=128, categories=[category], seed=seed)
+    return root
+
+
+EXTRA: dict[str, Any] = {}  # --set: applied to every run and to the baseline (e.g. a smaller screen budget)
+
+
+def config_for(work: Path, dataset: str, category: str, seed: int, overrides: Mapping[str, Any]) -> MemSegConfig:
+    base = {
+        **learning_settings(), "eval.heatmap_samples": 0, **EXTRA,
+        "data.root": str(dataset_root(work, dataset, seed, category)), "data.category": category,
+        "train.seed": 42 + seed,
+    }
+    return MemSegConfig().with_overrides({**base, **overrides})
+
+
+def run_baseline(work: Path, dataset: str, category: str, seed: int) -> dict[str, Any]:
+    cfg = prepare_config(config_for(work, dataset, category, seed, {}))
+    files, splits = category_splits(cfg)
+    torch.manual_seed(cfg.train.seed)  # the random-weights backbone, as fit() and evaluate_baseline build it
+    baseline = NearestMemoryBaseline(cfg, "cpu")
+    baseline.build_memory(load_memory_images(splits.memory, cfg.data.image_size))
+    test = load_test_set(files.test, cfg.data.image_size)
+    maps = baseline.anomaly_map(test.images).numpy()
+    figures = {f"test/{k}": v for k, v in scored(maps, test, SCORINGS, cfg.eval.aupro_fpr_limit).items()}
+    return {"dataset": dataset, "category": category, "seed": seed, "budget": budget_tag(), "figures": figures}
+
+
+def budget_tag() -> str:
+    """What --set changed, so screens at another budget are kept apart in the tables."""
+    return ",".join(f"{k}={v}" for k, v in sorted(EXTRA.items())) or "learning"
+
+
+def run_trial(
+    work: Path, dataset: str, trial: str, category: str, seed: int, steps: int, threads: int
+) -> dict[str, Any]:
+    overrides = {
+        **TRIALS[trial], "train.steps": steps,
+        "train.output_dir": str(work / "train" / f"{dataset}_{trial}_{category}_{seed}_{steps}"),
+    }
+    cfg = prepare_config(config_for(work, dataset, category, seed, overrides))
+    files, splits = category_splits(cfg)
+    sets = {
+        f"val_{source}": build_validation_set(splits.val, cfg.with_overrides({"data.val_anomaly_source": source}))
+        for source in SOURCES
+    }
+    sets["test"] = load_test_set(files.test, cfg.data.image_size)
+    recorder = Recorder(sets, cfg)
+    started = time.perf_counter()
+    fit(cfg, callbacks=[recorder], progress=False, evaluate_test=False, eval_at_start=True, num_threads=threads)
+    return {
+        "dataset": dataset, "trial": trial, "overrides": TRIALS[trial], "category": category, "seed": seed,
+        "steps": steps, "budget": budget_tag(), "history": recorder.rows,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _append(path: Path, row: Mapping[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def choose(history: Sequence[Mapping[str, float]], how: str) -> Mapping[str, float]:
+    """The evaluation a rule keeps: ``last``, or the first with the highest validation pixel AUROC of a source
+    (fit's rule; step 0 is a candidate, as with ``eval_at_start``)."""
+    if how == "last":
+        return history[-1]
+    key = f"val_{how}/k100_s0/{keys.PIXEL_AUROC}"
+    best = history[0]
+    for row in history[1:]:
+        if not math.isnan(row[key]) and (math.isnan(best[key]) or row[key] > best[key]):
+            best = row
+    return best
+
+
+def summary(work: Path) -> str:
+    runs, bases = _read(work / "runs.jsonl"), _read(work / "baseline.jsonl")
+    base = {(b["dataset"], b.get("budget", "learning"), b["category"], b["seed"]): b["figures"] for b in bases}
+    lines = ["| dataset | trial | category | seed | checkpoint | scoring | chosen step | image AUROC | pixel AUROC "
+             "| AUPRO | baseline image / pixel / AUPRO (same scoring) |", "|" + "---|" * 11]
+    gaps: dict[tuple[str, str, str, str, str], list[tuple[float, ...]]] = {}
+    for run in runs:
+        budget = run.get("budget", "learning")
+        b = base.get((run["dataset"], budget, run["category"], run["seed"]), {})
+        for how in ("training_synthesis", "held_out", "last"):
+            row = choose(run["history"], how)
+            for top_k, sigma in SCORINGS:
+                tag = f"k{top_k}_s{sigma:g}"
+                t = [row[f"test/{tag}/{k}"] for k in METRICS]
+                bl = [b.get(f"test/{tag}/{k}", math.nan) for k in METRICS]
+                if how == "training_synthesis" or (how == "held_out" and (top_k, sigma) == DEFAULT_SCORING):
+                    lines.append(
+                        f"| {run['dataset']} {budget} | {run['trial']}@{run['steps']} | {run['category']} "
+                        f"| {run['seed']} | {how} | {tag} "
+                        f"| {int(row['step'])} | " + " | ".join(f"{v:.3f}" for v in t)
+                        + " | " + " / ".join(f"{v:.3f}" for v in bl) + " |"
+                    )
+                group = (f"{run['dataset']} {budget}", f"{run['trial']}@{run['steps']}", how, tag, run["category"])
+                gaps.setdefault(group, []).append(tuple(x - y for x, y in zip(t, bl, strict=True)))
+    lines += ["", "| dataset | trial | checkpoint | scoring | category | n "
+              "| image / pixel AUROC / AUPRO minus baseline, mean (sd) |", "|" + "---|" * 7]
+    for (dataset, trial, how, tag, category), values in sorted(gaps.items()):
+        cells = []
+        for i in range(len(METRICS)):
+            xs = [v[i] for v in values]
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            cells.append(f"{statistics.mean(xs):+.3f} ({sd:.3f})")
+        lines.append(f"| {dataset} | {trial} | {how} | {tag} | {category} | {len(values)} | {' / '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("realistic", "synthetic"), default="realistic")
+    parser.add_argument("--categories", nargs="+", default=["brick", "grass", "gravel"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--trials", nargs="+", default=["defaults"], choices=sorted(TRIALS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every run and the baseline (a cheaper screen budget)")
+    parser.add_argument("--work", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--summary", action="store_true", help="only print the tables of what is there")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    EXTRA.update(parse_overrides(args.set))
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.summary:
+        for seed in args.seeds:
+            for category in args.categories:
+                key = (args.dataset, budget_tag(), category, seed)
+                if not any((b["dataset"], b.get("budget", "learning"), b["category"], b["seed"]) == key
+                           for b in _read(args.work / "baseline.jsonl")):
+                    _append(args.work / "baseline.jsonl", run_baseline(args.work, args.dataset, category, seed))
+                for trial in args.trials:
+                    done = _read(args.work / "runs.jsonl")
+                    this = (args.dataset, budget_tag(), trial, category, seed, args.steps)
+                    if any((r["dataset"], r.get("budget", "learning"), r["trial"], r["category"], r["seed"], r["steps"])
+                           == this for r in done):
+                        continue
+                    print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {trial} {category} seed {seed}", flush=True)
+                    row = run_trial(args.work, args.dataset, trial, category, seed, args.steps, args.threads)
+                    _append(args.work / "runs.jsonl", row)
+                    print(f"  done in {row['wall_time_s']} s", file=sys.stderr, flush=True)
+    print(summary(args.work))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
