@@ -152,8 +152,7 @@ def generate_dataset(
         if value < 1:
             msg = f"{name}: must be >= 1, got {value}"
             raise ConfigError(msg)
-    photos = {SURFACE_CATEGORIES[c].photo for c in categories} | set(PHOTOS)  # cut-paste draws from every photo
-    for key in sorted(photos):
+    for key in PHOTOS:  # every photo, since cut-paste draws from all of them
         _load_photo(key)  # a missing package fails before anything is written
     _refuse_foreign(out, categories)
     out.mkdir(parents=True, exist_ok=True)
