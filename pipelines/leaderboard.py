@@ -7,6 +7,7 @@ when downloaded from MLflow on its own.
 
 Units: every AUROC/AUPRO column is a percentage (the paper's unit) rounded only when rendered.
 "Delta" columns are ours minus the paper's, on the TEST split (the paper reports test figures).
+The "ρ" columns are rank correlations in [-1, 1] (:data:`VAL_TEST_NOTE` says what they mean).
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ METRIC_COLUMNS = (
     "paper_pixel_auroc",
     "diff_pixel_auroc",
 )
+# How well validation predicts test across a category's trials; the reason is in the CSV and listed
+# under the Markdown/HTML table rather than in a cell.
+VAL_TEST_COLUMNS = ("val_test_rho", "val_test_rho_aupro", "val_test_trials", "val_test_reason")
+_LISTED_BELOW = frozenset({"val_test_reason"})
+VAL_TEST_NOTE = (
+    "ρ val/test: Spearman rank correlation, across this category's trials, of the validation selection "
+    "metric with the same metric on test (ρ AUPRO: with the test AUPRO), over the trials counted in "
+    "\"ρ trials\": how well validation ranking predicts test ranking across this category's trials; "
+    "near 1 = selection on validation is trustworthy; - (NaN) = undefined, e.g. fewer than 3 trials."
+)
 COLUMNS = (
     "category",
     *METRIC_COLUMNS,
     "trials_run",
     "trials_pruned",
     "trials_failed",
+    *VAL_TEST_COLUMNS,
     "cpu_hours",
     "gpu_hours",
     "best_trial",
@@ -61,6 +73,10 @@ HEADERS = {
     "trials_run": "trials",
     "trials_pruned": "pruned",
     "trials_failed": "failed",
+    "val_test_rho": "ρ val/test",
+    "val_test_rho_aupro": "ρ AUPRO",
+    "val_test_trials": "ρ trials",
+    "val_test_reason": "ρ undefined because",
     "cpu_hours": "CPU h",
     "gpu_hours": "GPU h",
     "best_trial": "best trial",
@@ -84,6 +100,11 @@ class CategoryResult:
         best_trial: the winning trial id.
         model: ``name/version`` of the registered model ("" when not registered).
         heatmaps: PNG files of heat-map overlays to show in the HTML page.
+        val_test_rho: Spearman rho across the category's trials of the validation selection metric
+            and the same metric on test; NaN when undefined (``val_test_reason`` says why).
+        val_test_rho_aupro: the same with the test AUPRO.
+        val_test_trials: trials with both figures (what ``val_test_rho`` rests on); -1 when not recorded.
+        val_test_reason: why a rho is NaN ("" when both are defined or nothing was recorded).
     """
 
     category: str
@@ -98,6 +119,10 @@ class CategoryResult:
     best_trial: str = ""
     model: str = ""
     heatmaps: Sequence[Path] = ()
+    val_test_rho: float = math.nan
+    val_test_rho_aupro: float = math.nan
+    val_test_trials: int = -1
+    val_test_reason: str = ""
 
 
 def _pct(value: float | None) -> float:
@@ -136,6 +161,10 @@ def build_table(results: Sequence[CategoryResult]) -> pd.DataFrame:
             best_trial=r.best_trial,
             model=r.model,
             hyperparameters=_format_params(r.params),
+            val_test_rho=float(r.val_test_rho),
+            val_test_rho_aupro=float(r.val_test_rho_aupro),
+            val_test_trials=r.val_test_trials if r.val_test_trials >= 0 else "",
+            val_test_reason=r.val_test_reason,
         )
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -164,8 +193,19 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    return table[[c for c in table.columns if c not in _LISTED_BELOW]]
+
+
 def _display_rows(table: pd.DataFrame) -> list[list[str]]:
     return [[_cell(c, row[c]) for c in table.columns] for _, row in table.iterrows()]
+
+
+def val_test_lines(table: pd.DataFrame) -> list[str]:
+    """The explanation of the ρ columns, then one line per category whose ρ is undefined, with the reason."""
+    reasons = [f"{row['category']}: {row['val_test_reason']}" for _, row in table.iterrows()
+               if row.get("val_test_reason")]
+    return [VAL_TEST_NOTE, *(f"ρ undefined for {r}" for r in reasons)]
 
 
 def render_markdown(table: pd.DataFrame, *, title: str, notes: Sequence[str] = ()) -> str:
@@ -174,8 +214,10 @@ def render_markdown(table: pd.DataFrame, *, title: str, notes: Sequence[str] = (
     def esc(text: str) -> str:
         return text.replace("|", "\\|")
 
+    below = val_test_lines(table)
+    table = _shown(table)
     headers = [HEADERS.get(c, c) for c in table.columns]
-    numeric = [c in METRIC_COLUMNS or c.startswith(("trials_", "cpu_", "gpu_")) for c in table.columns]
+    numeric = [c in METRIC_COLUMNS or c.startswith(("trials_", "cpu_", "gpu_", "val_test_")) for c in table.columns]
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in (*notes, CAVEAT)]
     lines += ["", "| " + " | ".join(esc(h) for h in headers) + " |"]
@@ -184,6 +226,7 @@ def render_markdown(table: pd.DataFrame, *, title: str, notes: Sequence[str] = (
         lines.append("| " + " | ".join(esc(v) for v in cells) + " |")
     lines.append("")
     lines.append("Metrics in %. Δ = our test figure minus the paper's.")
+    lines += ["", *(f"- {line}" for line in below)]
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +242,8 @@ def render_html(
     heatmaps: Mapping[str, Sequence[Path]] | None = None,
 ) -> str:
     """A self-contained page: the table, then heat-map examples per category (PNG data URIs)."""
+    below = val_test_lines(table)
+    table = _shown(table)
     headers = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in table.columns)
     body = []
     for cells, (_, row) in zip(_display_rows(table), table.iterrows(), strict=True):
@@ -223,6 +268,7 @@ def render_html(
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, CAVEAT)) + "</ul>",
         f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>",
         "<p>Metrics in %. Δ = our test figure minus the paper's.</p>",
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in below) + "</ul>",
     ]
     for category, pngs in (heatmaps or {}).items():
         if not pngs:

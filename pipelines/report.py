@@ -6,8 +6,10 @@ report can be written by anyone, any time after the sweep, on any machine that r
 * per category (the sweep's parent runs): trial counts by outcome, CPU/GPU hours (trial run wall
   time x the trial's resources from the sweep manifest), the winner's validation figures and its
   test figures (from the registered version's tags, measured once at registration), the chosen
-  values of the search-space fields, the registered model, and the test heat-map panels logged at
-  registration;
+  values of the search-space fields, the registered model, the test heat-map panels logged at
+  registration, and how well validation predicted test across the category's trials (the Spearman
+  rho the sweep stage wrote to the parent run when the study ended, see
+  :data:`pipelines.schema.VAL_TEST_SPEARMAN`);
 * :mod:`pipelines.leaderboard` renders CSV/Markdown/HTML next to the paper's figures;
 * :mod:`pipelines.sweep_plots` rebuilds each category's Optuna study from its trial runs and draws
   it; the plots go to that category's parent run (``optuna/``), the leaderboard to every parent run
@@ -29,7 +31,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from memseg.metrics import keys
-from pipelines import leaderboard, registry, sweep_plots
+from pipelines import leaderboard, registry, schema, sweep_plots
 from pipelines.paper_results import paper_categories
 from pipelines.schema import (
     HEATMAP_DIR,
@@ -135,6 +137,7 @@ def collect_category(
         heatmaps = _download_heatmaps(client, best_run.run_id, workdir / "heatmaps" / category)
     fields = _space_fields(parent.search_space)
     params = _chosen_params(best_run, children, fields)
+    rho, rho_aupro, n, reason = _val_test_fields(parent)
     result = leaderboard.CategoryResult(
         category=category,
         val=val,
@@ -148,6 +151,10 @@ def collect_category(
         best_trial=best_id,
         model=model,
         heatmaps=heatmaps,
+        val_test_rho=rho,
+        val_test_rho_aupro=rho_aupro,
+        val_test_trials=n,
+        val_test_reason=reason,
     )
     study = sweep_plots.build_study(
         _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
@@ -155,6 +162,24 @@ def collect_category(
     )
     plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
     return CategoryReport(result, parent.run_id, parent.selection_metric, plots)
+
+
+def _val_test_fields(parent: ParentRun) -> tuple[float, float, int, str]:
+    """The leaderboard's ρ fields from the parent run: rho against the selection metric's test
+    counterpart, rho against the test AUPRO, the trials rho rests on (-1: not recorded), and why a rho
+    is undefined."""
+    if not parent.val_test:
+        return math.nan, math.nan, -1, "not recorded on the category's parent run (its study has not ended)"
+    counterpart = schema.val_test_metrics(parent.selection_metric)[0]
+    main = parent.val_test.get(counterpart)
+    aupro = parent.val_test.get(schema.VAL_TEST_ALSO)
+    reasons = dict.fromkeys(c.reason for c in (main, aupro) if c is not None and c.reason)
+    return (
+        main.rho if main is not None else math.nan,
+        aupro.rho if aupro is not None else math.nan,
+        main.n if main is not None else -1,
+        "; ".join(reasons),
+    )
 
 
 def _chosen_params(

@@ -14,7 +14,8 @@ in for it (a default metric name would silently rank models on the wrong figure)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mlflow.entities import Run
@@ -22,6 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from memseg.errors import MemSegError
 from memseg.metrics import keys
+from memseg.metrics.rank_correlation import MIN_TRIALS, RankCorrelation, val_test_rank_correlation
 
 # --- experiment ---------------------------------------------------------------------------------------
 
@@ -64,6 +66,20 @@ TAG_REGISTERED_VERSION = "registered_version"
 # scores); Tune, ASHA and Optuna maximise it and the parent run's ``tune_metric`` tag names it.
 BEST_PREFIX = "best_"
 
+# How well validation predicts test across a category's trials, on its parent run (sweep stage, at the
+# end of the category's study). The validation side is each trial's ``tune_metric`` (the best-so-far
+# selection metric, what its best_model.pt scored); the test side is that checkpoint's ``test_<metric>``,
+# logged on the trial run under the same keys registration logs on the winner's run. Keyed by the test
+# metric: ``val_test_spearman.test_pixel_auroc`` is rho, ``val_test_trials.test_pixel_auroc`` the number
+# of trials with both figures; where rho is undefined no rho metric is logged and the tag
+# ``val_test_reason.test_pixel_auroc`` says why.
+VAL_TEST_SPEARMAN = "val_test_spearman."
+VAL_TEST_TRIALS = "val_test_trials."
+VAL_TEST_REASON = "val_test_reason."
+# The test AUPRO finds separate defect regions, which pixel figures can rank differently, so rho
+# against it is reported whatever the selection metric.
+VAL_TEST_ALSO = keys.TEST_PIXEL_AUPRO
+
 # --- registered models and versions (register stage) ---------------------------------------------------------
 
 MODEL_PREFIX = "memseg-"
@@ -82,6 +98,40 @@ HEATMAP_DIR = "test_heatmaps"
 
 # The figures registration records (``val_``/``test_`` prefixed) and the gate compares (unprefixed).
 REPORTED_METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO, keys.IMAGE_F1_MAX, keys.PIXEL_F1_MAX)
+
+
+
+def val_test_metrics(selection_metric: str) -> tuple[str, ...]:
+    """The test figures rho is taken against: the selection metric's test counterpart, then test AUPRO.
+
+    ``val_pixel_auroc`` -> ``("test_pixel_auroc", "test_pixel_aupro")``; ``val_pixel_aupro`` -> one entry.
+    """
+    counterpart = keys.TEST_PREFIX + selection_metric.removeprefix(keys.VAL_PREFIX)
+    return (counterpart,) if counterpart == VAL_TEST_ALSO else (counterpart, VAL_TEST_ALSO)
+
+
+def val_test_pairs(trials: Iterable[TrialRun], tune_metric: str, test_metric: str) -> list[tuple[float, float]]:
+    """One ``(validation, test)`` pair per trial that reported ``tune_metric`` (NaN where a figure is missing)."""
+    return [
+        (run.metrics[tune_metric], run.metrics.get(test_metric, math.nan))
+        for run in trials
+        if math.isfinite(run.metrics.get(tune_metric, math.nan))
+    ]
+
+
+def val_test_correlation(trials: Iterable[TrialRun], tune_metric: str, test_metric: str) -> RankCorrelation:
+    """Spearman rho of the trials' validation and test figures (NaN with the reason where undefined).
+
+    When fewer than :data:`~memseg.metrics.rank_correlation.MIN_TRIALS` trials reported a validation
+    figure, the sweep stage measures none of them on test; the reason then says so.
+    """
+    pairs = val_test_pairs(trials, tune_metric, test_metric)
+    result = val_test_rank_correlation(pairs)
+    if len(pairs) < MIN_TRIALS:
+        reason = f"fewer than {MIN_TRIALS} trials with a validation figure: {len(pairs)}"
+        return RankCorrelation(math.nan, result.n, reason)
+    return result
+
 
 # --- the gate (promote stage) -------------------------------------------------------------------------------
 
@@ -156,12 +206,34 @@ def selection_metric_of(tune_metric: str, what: str) -> str:
     return selection
 
 
+def _val_test_of(metrics: Mapping[str, float], tags: Mapping[str, str], what: str) -> dict[str, RankCorrelation]:
+    """The parent run's val/test rank correlations, keyed by test metric (empty before the study ended).
+
+    A reason tag wins over a rho metric: a metric cannot be deleted, so a figure that became undefined
+    on a later write is recorded by its tag.
+    """
+    reasons = {k.removeprefix(VAL_TEST_REASON): v for k, v in tags.items() if k.startswith(VAL_TEST_REASON)}
+    rhos = {k.removeprefix(VAL_TEST_SPEARMAN): v for k, v in metrics.items() if k.startswith(VAL_TEST_SPEARMAN)}
+    out: dict[str, RankCorrelation] = {}
+    for metric in sorted({*reasons, *rhos}):
+        n = metrics.get(VAL_TEST_TRIALS + metric)
+        if n is None:
+            msg = f"{what} has a val/test rank correlation for {metric} but no {VAL_TEST_TRIALS}{metric} metric"
+            raise SchemaError(msg)
+        if metric in reasons:
+            out[metric] = RankCorrelation(math.nan, int(n), reasons[metric])
+        else:
+            out[metric] = RankCorrelation(rhos[metric], int(n))
+    return out
+
+
 @dataclass(frozen=True)
 class ParentRun:
     """A (sweep, category) parent run, as the sweep stage wrote it.
 
-    ``best_trial_id`` is set when the category's study ended with a scored trial; the
-    ``registered_*`` fields once the register stage recorded its version there.
+    ``best_trial_id`` is set when the category's study ended with a scored trial (``val_test`` too:
+    rho per test metric, see :data:`VAL_TEST_SPEARMAN`); the ``registered_*`` fields once the register
+    stage recorded its version there.
     """
 
     run_id: str
@@ -178,6 +250,7 @@ class ParentRun:
     registered_model: str | None = None
     registered_version: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    val_test: Mapping[str, RankCorrelation] = field(default_factory=dict)
 
     @classmethod
     def from_run(cls, run: Run) -> ParentRun:
@@ -204,6 +277,7 @@ class ParentRun:
             registered_model=tags.get(TAG_REGISTERED_MODEL) or None,
             registered_version=tags.get(TAG_REGISTERED_VERSION) or None,
             metrics=dict(run.data.metrics),
+            val_test=_val_test_of(run.data.metrics, tags, what),
         )
 
     @property

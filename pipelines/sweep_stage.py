@@ -8,13 +8,15 @@ and the sweep continues with ``--resume``.
 
 from __future__ import annotations
 
+import functools
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.errors import SweepInterrupted
 from sweeps import driver
 from sweeps.dataset import ensure_dataset
@@ -129,9 +131,26 @@ def run_tracked_sweep(
         raise SweepInterrupted(spec.name, sweep_id) from None
     finally:
         unregister_board(sweep_id)
-    tracking.close_sweep(tracker, plans, result.categories)
+    tracking.close_sweep(tracker, plans, result.categories,
+                         test_figures=functools.partial(trial_test_figures, data_root=str(data_root)))
     print(format_summary(result, tracking_uri, tracker.experiment_id), file=stream, flush=True)
     return TrackedSweep(result, tracking_uri, tracker.experiment_id)
+
+
+def trial_test_figures(experiment_path: str, trial_id: str, *, data_root: str | None = None) -> dict[str, float]:
+    """The ``test_*`` figures of a trial's best checkpoint, measured the way registration measures the winner.
+
+    Args:
+        experiment_path: the category's Tune experiment folder (local path or bucket URI).
+        trial_id: the trial.
+        data_root: the dataset on this machine (None = the root stored in the checkpoint).
+
+    Raises:
+        RegistrationError: the trial has no ``best_model.pt`` (the folder searched is named).
+    """
+    with tempfile.TemporaryDirectory(prefix="memseg-trial-test-") as tmp:
+        checkpoint = registry.locate_checkpoint(experiment_path, trial_id, Path(tmp))
+        return registry.evaluate_on_test(checkpoint, data_root=data_root, n_panels=0).metrics
 
 
 def format_summary(result: SweepResult, uri: str, experiment_id: str) -> str:

@@ -26,6 +26,7 @@ into the experiment state; credentials are never pickled (MLflow reads
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -48,6 +49,7 @@ from ray.tune.experiment import Trial
 
 from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
+from memseg.metrics.rank_correlation import MIN_TRIALS, RankCorrelation
 from pipelines import schema
 from pipelines.schema import (
     ROLE_PARENT,
@@ -69,6 +71,8 @@ from pipelines.schema import (
     TAG_TRIAL,
     TAG_TRIAL_DIR,
     TAG_TUNE_METRIC,
+    ParentRun,
+    TrialRun,
     experiment_name,
 )
 from sweeps.driver import CategoryPlan, CategoryResult, is_uri
@@ -96,6 +100,10 @@ _TUNE_KEYS = frozenset({
 # The trial's own output folder is a worker-local path; it is a tag (trial_dir), not a param.
 _NOT_PARAMS = frozenset({"train.output_dir"})
 _STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+TrialTestFigures = Callable[[str, str], Mapping[str, float]]
+"""The ``test_*`` figures of a trial's best checkpoint, from the Tune experiment path and the trial id."""
 
 
 class TrackingError(MemSegError):
@@ -285,12 +293,15 @@ class SweepTracking:
             tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name},
         )
 
-    def finalize(self, plan: CategoryPlan, result: CategoryResult | None) -> None:
+    def finalize(
+        self, plan: CategoryPlan, result: CategoryResult | None, *, test_figures: TrialTestFigures | None = None
+    ) -> None:
         """Close the category's parent run (and any child still RUNNING) after its study ended.
 
         ``result`` is the driver's ``CategoryResult`` (None when the driver has none for the
         category): the best trial goes to the parent as tags and a metric; a category whose study
-        crashed ends FAILED.
+        crashed ends FAILED. With ``test_figures``, the trials are measured on test and the
+        parent gets how well validation predicts test across them (:func:`record_val_test`).
         """
         parent = self.parent_run_id(plan)
         children = find_runs(self.client, self.experiment_id, {TAG_PARENT: parent})
@@ -309,6 +320,8 @@ class SweepTracking:
                 self.client.log_metric(parent, plan.metric, best.score)
         if error:
             self.client.set_tag(parent, TAG_ERROR, str(error)[:5000])
+        if test_figures is not None:
+            record_val_test(self.client, self.experiment_id, parent, test_figures)
         self.client.set_terminated(parent, status="FAILED" if error else "FINISHED")
 
 
@@ -542,9 +555,76 @@ def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def record_val_test(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, test_figures: TrialTestFigures
+) -> dict[str, RankCorrelation]:
+    """Measure the category's trials on test and write the val/test rank correlations to its parent run.
+
+    Trials train without a test evaluation (test figures never steer a sweep), so each trial that
+    reported the parent's ``tune_metric`` gets its best checkpoint measured here, once: a trial run
+    that holds every ``test_*`` figure already (a resumed sweep, or the registered winner) is not
+    measured again. With fewer than ``MIN_TRIALS`` such trials rho is undefined whatever the test
+    says, so none is measured. A trial whose measurement fails is logged and left out (the parent's
+    count says how many trials rho rests on). Rewriting is idempotent: an unchanged figure is not
+    logged again, and a reason tag that no longer applies is deleted.
+
+    Returns:
+        rho per test metric (:func:`pipelines.schema.val_test_metrics` of the selection metric).
+    """
+    parent = ParentRun.from_run(client.get_run(parent_run_id))
+    wanted = schema.val_test_metrics(parent.selection_metric)
+    trials = [TrialRun.from_run(r) for r in find_runs(client, experiment_id, {TAG_PARENT: parent_run_id})]
+    scored = {t.run_id for t in trials if math.isfinite(t.metrics.get(parent.tune_metric, math.nan))}
+    if len(scored) >= MIN_TRIALS:
+        trials = [
+            _with_test_figures(client, parent, t, wanted, test_figures) if t.run_id in scored else t for t in trials
+        ]
+    out = {m: schema.val_test_correlation(trials, parent.tune_metric, m) for m in wanted}
+    for metric, corr in out.items():
+        _log_if_changed(client, parent, schema.VAL_TEST_TRIALS + metric, float(corr.n))
+        reason_tag = schema.VAL_TEST_REASON + metric
+        if corr.defined:
+            _log_if_changed(client, parent, schema.VAL_TEST_SPEARMAN + metric, corr.rho)
+            if reason_tag in client.get_run(parent_run_id).data.tags:
+                client.delete_tag(parent_run_id, reason_tag)
+        else:
+            client.set_tag(parent_run_id, reason_tag, corr.reason)
+    return out
+
+
+def _with_test_figures(
+    client: MlflowClient, parent: ParentRun, trial: TrialRun, wanted: Sequence[str], test_figures: TrialTestFigures
+) -> TrialRun:
+    """``trial`` with its ``test_*`` figures, measured and logged on its run unless it holds them already."""
+    if all(m in trial.metrics for m in wanted):
+        return trial
+    try:
+        figures = dict(test_figures(parent.experiment_path, trial.trial_id))
+    except Exception:  # one trial's missing checkpoint must not cost the category its figure
+        logger.exception("trial %s (%s): cannot measure its best checkpoint on test; left out of the val/test "
+                         "rank correlation", trial.trial_id, parent.category)
+        return trial
+    missing = [m for m in wanted if m not in figures]
+    if missing:
+        msg = f"trial {trial.trial_id}: the test measurement gave no {', '.join(missing)}"
+        raise TrackingError(msg)
+    ts = _now_ms()
+    client.log_batch(trial.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in sorted(figures.items())])
+    return dataclasses.replace(trial, metrics={**trial.metrics, **figures})
+
+
+def _log_if_changed(client: MlflowClient, parent: ParentRun, key: str, value: float) -> None:
+    if parent.metrics.get(key) != value:
+        client.log_metric(parent.run_id, key, value)
+
+
 def close_sweep(
-    tracking: SweepTracking, plans: Sequence[CategoryPlan], results: Mapping[str, CategoryResult]
+    tracking: SweepTracking,
+    plans: Sequence[CategoryPlan],
+    results: Mapping[str, CategoryResult],
+    *,
+    test_figures: TrialTestFigures | None = None,
 ) -> None:
     """Finalize every category's parent run (called once the driver returns)."""
     for plan in plans:
-        tracking.finalize(plan, results.get(plan.category))
+        tracking.finalize(plan, results.get(plan.category), test_figures=test_figures)

@@ -4,13 +4,16 @@ Two checkpoints of known order: a tiny untrained MemSeg and the same network wit
 channels swapped, whose anomaly map is exactly ``1 - map``, so its pixel AUROC is ``1 - AUROC``.
 Whichever scores higher on the gate data is "better"; no training needed, nothing mocked.
 
-The last test drives the stages after a sweep (register -> promote -> report) on a sweep whose
-spec selects on AUPRO: its parent and trial runs are written by the real tracking callback fed with
-Tune-like events, so no Ray cluster is needed.
+The last tests drive the stages after a sweep (register -> promote -> report) on sweeps whose parent
+and trial runs are written by the real tracking callback fed with Tune-like events, so no Ray cluster
+is needed: one selects on AUPRO, one has enough trials for the rank correlation of validation and
+test, measured on the trials' real checkpoints.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +26,10 @@ import torch
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.data.datasets import category_splits, load_memory_images
 from memseg.inference import load_checkpoint
+from memseg.metrics.rank_correlation import val_test_rank_correlation
 from memseg.model import create_model
 from memseg.training.checkpoint import load_model_file, save_model
-from pipelines import flow, promotion, registry, report, schema, tracking
+from pipelines import flow, promotion, registry, report, schema, sweep_stage, tracking
 from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
@@ -37,10 +41,10 @@ POLICY = promotion.PromotionPolicy(metric="pixel_auroc", guard_metrics=(), margi
 
 
 def _checkpoints(
-    cfg: MemSegConfig, plain: Path, flipped: Path, metrics: tuple[dict[str, float], dict[str, float]]
+    cfg: MemSegConfig, plain: Path, flipped: Path, metrics: tuple[dict[str, float], dict[str, float]], seed: int = 0
 ) -> tuple[Path, Path]:
     """An untrained model at ``plain`` and its channel-swapped twin at ``flipped``, with the given val metrics."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(cfg)
     _, splits = category_splits(cfg)
     model.build_memory(load_memory_images(splits.memory, cfg.data.image_size))
@@ -218,6 +222,27 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     (category,) = written.categories
     assert category.selection_metric == "val_pixel_aupro" and category.result.best_trial == "t_aupro"
     assert "selected on val_pixel_aupro" in written.files.markdown.read_text()
+    # Two trials: no rank correlation, and the reason says why (the study ended without test_figures
+    # here, so the report says it was not recorded; a finalize with them records the reason).
+    assert "not recorded" in category.result.val_test_reason
+    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
+                   test_figures=sweep_stage.trial_test_figures)
+    parent = schema.ParentRun.from_run(client.get_run(sweep.parent_run_id(plan)))
+    (only,) = parent.val_test.items()  # selected on AUPRO: its test counterpart is the test AUPRO
+    runs = registry.trial_runs(client, sweep.experiment_id, parent.run_id)
+    computed = val_test_rank_correlation(
+        [(r.metrics["best_val_pixel_aupro"], r.metrics.get("test_pixel_aupro", math.nan)) for r in runs]
+    )
+    # Only the registered winner was measured on test (at registration): 1 pair of the 2 trials.
+    assert computed.n == 1 and math.isnan(computed.rho)
+    assert only[0] == "test_pixel_aupro" and math.isnan(only[1].rho) and only[1].n == computed.n
+    assert only[1].reason == "fewer than 3 trials with a validation figure: 2"
+    assert schema.VAL_TEST_SPEARMAN + "test_pixel_aupro" not in client.get_run(parent.run_id).data.metrics
+    again = report.write_sweep_report(uri, sweep_id, tmp_path / "report", log_to_mlflow=False)
+    row = again.categories[0].result
+    assert math.isnan(row.val_test_rho) and math.isnan(row.val_test_rho_aupro)
+    assert row.val_test_reason == only[1].reason
+    assert f"ρ undefined for {CATEGORY}: {only[1].reason}" in again.files.markdown.read_text()
     summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written,
                                                       promotions={CATEGORY: outcome}))
     assert f"{CATEGORY}: val_pixel_aupro=0.9000" in summary
@@ -232,3 +257,75 @@ def test_a_parent_run_without_its_tune_metric_is_an_error_naming_it(mlflow_serve
                                               schema.TAG_ROLE: schema.ROLE_PARENT})
     with pytest.raises(schema.SchemaError, match=rf"parent run {run.info.run_id} has no 'tune_metric' tag"):
         registry.find_winner(uri, sweep_id, CATEGORY, workdir=Path("unused"))
+
+
+def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
+    mlflow_server: MlflowServer, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Four trials whose checkpoints differ on test: rho on the parent and in the report is the
+    Spearman rho of the trial runs' validation figures and their measured test figures."""
+    uri = mlflow_server.uri
+    sweep_id = f"valtest-{uuid.uuid4().hex[:8]}"
+    spec = load_sweep_spec("smoke").with_changes({
+        "data.root": str(synthetic_root), "storage.path": str(tmp_path / "sweeps"),
+        "base.eval.selection_metric": "val_pixel_auroc",
+    })
+    plan = driver.plan_sweep(spec, sweep_id, [CATEGORY])[0]
+    assert plan.metric == "best_val_pixel_auroc"
+    val = {"t0": 0.55, "t1": 0.7, "t2": 0.65, "t3": 0.9}
+    dirs = {t: Path(plan.experiment_path) / f"memseg_{CATEGORY}_{t}" / "checkpoint_000000" for t in val}
+    for seed, (a, b) in enumerate((("t0", "t1"), ("t2", "t3"))):
+        _checkpoints(plan.base_config, dirs[a] / "best_model.pt", dirs[b] / "best_model.pt",
+                     ({"val_pixel_auroc": val[a]}, {"val_pixel_auroc": val[b]}), seed=seed)
+    point = plan.space.default_point()
+    sweep = tracking.SweepTracking(uri, sweep_id, spec_name=spec.name, commit="abc123")
+    callback = sweep.callback(plan)
+    for trial_id, value in val.items():
+        trial = TrialRecord(trial_id, {**point, "optim.lr": point["optim.lr[sgd]"]}, str(dirs[trial_id].parent))
+        callback.on_trial_start(0, [], trial)
+        result = {"step": plan.step_budget, "val_pixel_auroc": value, "best_val_pixel_auroc": value}
+        callback.on_trial_result(0, [], trial, result)
+        trial.last_result, trial.status = result, "TERMINATED"
+        callback.on_trial_complete(0, [], trial)
+    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
+                   test_figures=sweep_stage.trial_test_figures)
+
+    client = mlflow.MlflowClient(uri)
+    parent_id = sweep.parent_run_id(plan)
+    trials = registry.trial_runs(client, sweep.experiment_id, parent_id)
+    assert sorted(t.trial_id for t in trials) == sorted(val)
+    expected = {
+        test: val_test_rank_correlation([(t.metrics["best_val_pixel_auroc"], t.metrics[test]) for t in trials])
+        for test in ("test_pixel_auroc", "test_pixel_aupro")
+    }
+    # The test figures are real measurements: plain and channel-swapped twins sum to 1 in pixel AUROC.
+    test_auroc = {t.trial_id: t.metrics["test_pixel_auroc"] for t in trials}
+    assert test_auroc["t0"] + test_auroc["t1"] == pytest.approx(1.0, abs=1e-4)
+    assert test_auroc["t2"] + test_auroc["t3"] == pytest.approx(1.0, abs=1e-4)
+    assert all(c.defined and c.n == 4 for c in expected.values()), expected
+    parent_run = client.get_run(parent_id)
+    for test, corr in expected.items():
+        assert parent_run.data.metrics[f"val_test_spearman.{test}"] == pytest.approx(corr.rho)
+        assert parent_run.data.metrics[f"val_test_trials.{test}"] == 4
+        assert f"val_test_reason.{test}" not in parent_run.data.tags
+    assert schema.ParentRun.from_run(parent_run).val_test == expected
+
+    # A resumed sweep finalizes again: nothing is measured or logged twice.
+    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
+                   test_figures=sweep_stage.trial_test_figures)
+    assert len(client.get_metric_history(trials[0].run_id, "test_pixel_auroc")) == 1
+    assert len(client.get_metric_history(parent_id, "val_test_spearman.test_pixel_auroc")) == 1
+
+    written = report.write_sweep_report(uri, sweep_id, tmp_path / "report", log_to_mlflow=False)
+    row = written.categories[0].result
+    assert row.val_test_rho == pytest.approx(expected["test_pixel_auroc"].rho)
+    assert row.val_test_rho_aupro == pytest.approx(expected["test_pixel_aupro"].rho)
+    assert (row.val_test_trials, row.val_test_reason) == (4, "")
+    with written.files.csv.open() as f:
+        (line,) = list(csv.DictReader(f))
+    assert float(line["val_test_rho"]) == pytest.approx(expected["test_pixel_auroc"].rho)
+    assert float(line["val_test_rho_aupro"]) == pytest.approx(expected["test_pixel_aupro"].rho)
+    assert int(line["val_test_trials"]) == 4
+    markdown = written.files.markdown.read_text()
+    assert "how well validation ranking predicts test ranking across this category's trials" in markdown
+    assert f"| {expected['test_pixel_auroc'].rho:.2f} | {expected['test_pixel_aupro'].rho:.2f} | 4 |" in markdown

@@ -83,3 +83,24 @@ def test_write_report_writes_csv_md_html_with_heatmaps(tmp_path: Path) -> None:
     assert page.count("data:image/png;base64,") == 1
     assert 'class="neg"' in page  # -5.00 is red
     assert files.markdown.read_text().startswith("# t")
+
+
+def test_val_test_rho_columns_and_the_reason_listed_under_the_table(tmp_path: Path) -> None:
+    defined = CategoryResult(**{**_bottle().__dict__, "val_test_rho": 0.43, "val_test_rho_aupro": -0.2,
+                                "val_test_trials": 6})
+    short = CategoryResult(category="carpet", val_test_trials=2,
+                           val_test_reason="fewer than 3 trials with a validation figure: 2")
+    table = build_table([defined, short])
+    assert table.iloc[0]["val_test_rho"] == pytest.approx(0.43)  # a correlation, not a percentage
+    assert table.iloc[0]["val_test_trials"] == 6 and math.isnan(table.iloc[1]["val_test_rho"])
+    assert table.iloc[2]["val_test_rho"] == ""  # no mean of correlations over categories
+    files = write_report([defined, short], tmp_path, title="t")
+    md = files.markdown.read_text()
+    assert "| 8 | 3 | 1 | 0.43 | -0.20 | 6 |" in md and "| carpet |" in md and "| - | - | 2 |" in md
+    assert "how well validation ranking predicts test ranking across this category's trials" in md
+    assert "- ρ undefined for carpet: fewer than 3 trials with a validation figure: 2" in md
+    assert "ρ undefined because" not in md  # the reason is listed, not a column
+    assert "ρ undefined for carpet: fewer than 3 trials" in files.html.read_text()
+    back = pd.read_csv(files.csv)
+    assert back.loc[1, "val_test_reason"] == "fewer than 3 trials with a validation figure: 2"
+    assert back.loc[0, "val_test_rho_aupro"] == pytest.approx(-0.2)

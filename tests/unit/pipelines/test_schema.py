@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
+from memseg.metrics.rank_correlation import RankCorrelation
 from pipelines import schema
 from pipelines.schema import GateRecord, ParentRun, RegisteredVersion, SchemaError, TrialRun
 
@@ -83,3 +86,46 @@ def test_gate_record_is_all_or_nothing() -> None:
     partial = {k: v for k, v in gate.items() if k != schema.GATE_REASON}
     with pytest.raises(SchemaError, match="'gate.reason'"):
         RegisteredVersion.from_version(_version({**VERSION_TAGS, **partial}))
+
+
+def test_val_test_metrics_pair_the_selection_metric_with_its_test_counterpart_and_aupro() -> None:
+    assert schema.val_test_metrics("val_pixel_auroc") == ("test_pixel_auroc", "test_pixel_aupro")
+    assert schema.val_test_metrics("val_image_auroc") == ("test_image_auroc", "test_pixel_aupro")
+    assert schema.val_test_metrics("val_pixel_aupro") == ("test_pixel_aupro",)
+
+
+def _trial(run_id: str, metrics: dict[str, float]) -> TrialRun:
+    return TrialRun.from_run(_run(run_id, {schema.TAG_TRIAL: run_id, schema.TAG_PARENT: "p1"}, metrics=metrics))
+
+
+def test_val_test_correlation_reads_the_tune_metric_and_the_test_figure_of_each_trial() -> None:
+    trials = [
+        _trial("a", {"best_val_pixel_auroc": 0.9, "val_pixel_auroc": 0.1, "test_pixel_auroc": 0.8}),
+        _trial("b", {"best_val_pixel_auroc": 0.7, "test_pixel_auroc": 0.9}),
+        _trial("c", {"best_val_pixel_auroc": 0.5, "test_pixel_auroc": 0.6}),
+        _trial("d", {"best_val_pixel_auroc": 0.3}),  # not measured on test: left out of n
+        _trial("e", {"test_pixel_auroc": 0.1}),  # no validation figure: not a pair at all
+    ]
+    pairs = schema.val_test_pairs(trials, "best_val_pixel_auroc", "test_pixel_auroc")
+    assert pairs[:3] == [(0.9, 0.8), (0.7, 0.9), (0.5, 0.6)]
+    assert len(pairs) == 4 and pairs[3][0] == 0.3 and math.isnan(pairs[3][1])
+    corr = schema.val_test_correlation(trials, "best_val_pixel_auroc", "test_pixel_auroc")
+    # ranks: val (3, 2, 1), test (2, 3, 1) -> rho = 1 - 6 * (1 + 1 + 0) / (3 * 8) = 0.5
+    assert corr.rho == pytest.approx(0.5) and corr.n == 3 and corr.reason == ""
+    short = schema.val_test_correlation(trials[:2], "best_val_pixel_auroc", "test_pixel_auroc")
+    assert math.isnan(short.rho) and short.n == 2
+    assert short.reason == "fewer than 3 trials with a validation figure: 2"
+
+
+def test_parent_run_reads_its_val_test_correlations_and_a_reason_wins_over_a_stale_rho() -> None:
+    metrics = {"val_test_spearman.test_pixel_auroc": 0.4, "val_test_trials.test_pixel_auroc": 5.0,
+               "val_test_spearman.test_pixel_aupro": 0.2, "val_test_trials.test_pixel_aupro": 4.0}
+    tags = {**PARENT_TAGS, "val_test_reason.test_pixel_aupro": "the second side is constant over the 4 pairs"}
+    parent = ParentRun.from_run(_run("p1", tags, metrics=metrics))
+    assert parent.val_test["test_pixel_auroc"] == RankCorrelation(0.4, 5)
+    aupro = parent.val_test["test_pixel_aupro"]
+    assert math.isnan(aupro.rho) and aupro.n == 4 and aupro.reason.startswith("the second side")
+    assert ParentRun.from_run(_run("p2", PARENT_TAGS)).val_test == {}
+    without_n = {"val_test_spearman.test_pixel_auroc": 0.4}
+    with pytest.raises(SchemaError, match="parent run p3 .* no val_test_trials.test_pixel_auroc metric"):
+        ParentRun.from_run(_run("p3", PARENT_TAGS, metrics=without_n))
