@@ -1,4 +1,4 @@
-"""The learning test (issue 2, "What it must show"): training teaches MemSeg something.
+"""The learning test: training teaches MemSeg something, on generated and on realistic data.
 
 An untrained MemSeg already scores well on image AUROC, because comparing frozen features with the
 memory bank finds many defects by itself (the training-free baseline below shows how far that goes).
@@ -11,12 +11,20 @@ So, on generated 128 px data (one texture and one object category), a seeded CPU
     synthesis, the best-on-validation checkpoint (never a test-selected one) reaches image AUROC
     >= 0.85 and pixel AUROC >= 0.80.
 
+The same run on the realistic benchmark (:mod:`memseg.data.surface_photos`: crops of real surface
+photographs, defects drawn independently of the training synthesis) must show (a) and (b) too. There
+the trained model does not yet reach the training-free baseline on every figure, so the test only
+reports the two side by side (same memory images, same test split) and asserts no test threshold.
+
 The backbone is randomly initialised (``model.backbone_weights=none``: no download here), built
 with ``zero_init_last=False`` by the model factory.
 
-Reproduce the figures (printed as one JSON line per category)::
+Reproduce the figures (printed as one JSON line per category: the best-on-validation checkpoint's
+test figures beside the baseline's)::
 
     python -m pytest tests/integration/test_learning.py -m slow -s -q
+
+``scripts/realistic_baseline.py`` runs the realistic comparison on more categories and seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import pytest
 
 from memseg.baselines import evaluate_baseline
 from memseg.config import MemSegConfig
-from memseg.data.synthetic_mvtec import generate_dataset
+from memseg.data import surface_photos, synthetic_mvtec
 from memseg.metrics import keys
 from memseg.training import fit
 
@@ -65,19 +73,32 @@ TEST_IMAGE_AUROC_MIN = 0.85  # (c)
 TEST_PIXEL_AUROC_MIN = 0.80  # (c)
 
 
+GENERATED_CATEGORIES = ("carpet", "bottle")
+# One realistic texture keeps the test's CI time within a few minutes more; the script above covers
+# the others.
+REALISTIC_CATEGORIES = ("gravel",)
+CASES = [("generated", c) for c in GENERATED_CATEGORIES] + [("realistic", c) for c in REALISTIC_CATEGORIES]
+
+
 @pytest.fixture(scope="module")
-def learning_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_dataset(
-        tmp_path_factory.mktemp("learning_data"), size=SIZE, categories=("carpet", "bottle"), seed=0
-    )
+def learning_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {
+        "generated": synthetic_mvtec.generate_dataset(
+            tmp_path_factory.mktemp("learning_data"), size=SIZE, categories=GENERATED_CATEGORIES, seed=0
+        ),
+        "realistic": surface_photos.generate_dataset(
+            tmp_path_factory.mktemp("learning_realistic"), size=SIZE, categories=REALISTIC_CATEGORIES, seed=0
+        ),
+    }
 
 
-@pytest.mark.parametrize("category", ["carpet", "bottle"])
+@pytest.mark.parametrize(("dataset", "category"), CASES)
 def test_training_teaches_the_model_beyond_the_memory_comparison(
-    category: str, learning_root: Path, tmp_path: Path
+    dataset: str, category: str, learning_roots: dict[str, Path], tmp_path: Path
 ) -> None:
+    root = learning_roots[dataset]
     cfg = MemSegConfig().with_overrides(
-        {**LEARNING, "data.root": str(learning_root), "data.category": category, "train.output_dir": str(tmp_path)}
+        {**LEARNING, "data.root": str(root), "data.category": category, "train.output_dir": str(tmp_path)}
     )
     baseline = evaluate_baseline(cfg, device="cpu")
     result = fit(cfg, eval_at_start=True, progress=False)
@@ -87,6 +108,7 @@ def test_training_teaches_the_model_beyond_the_memory_comparison(
     losses = [entry["loss"] for entry in result.train_log]
     loss_start, loss_end = mean(losses[:LOSS_START_STEPS]), mean(losses[-LOSS_END_STEPS:])
     figures = {
+        "dataset": dataset,
         "category": category,
         "wall_time_s": round(result.wall_time_s, 1),
         "loss_start": round(loss_start, 4),
@@ -99,6 +121,8 @@ def test_training_teaches_the_model_beyond_the_memory_comparison(
                                                                        keys.TEST_PIXEL_AUPRO)},
         "baseline": {k: round(baseline[k], 4) for k in (keys.VAL_PIXEL_AUROC, keys.TEST_IMAGE_AUROC,
                                                         keys.TEST_PIXEL_AUROC, keys.TEST_PIXEL_AUPRO)},
+        "trained_minus_baseline": {k: round(result.test_metrics[k] - baseline[k], 4) for k in (
+            keys.TEST_IMAGE_AUROC, keys.TEST_PIXEL_AUROC, keys.TEST_PIXEL_AUPRO)},
         "val_curve": [(int(h[keys.STEP]), round(h[keys.VAL_PIXEL_AUROC], 4)) for h in result.history],
     }
     print("LEARNING " + json.dumps(figures))
@@ -108,6 +132,8 @@ def test_training_teaches_the_model_beyond_the_memory_comparison(
     # (b) training improves the validation pixel AUROC over the same model at step 0.
     assert result.best_metrics[keys.VAL_PIXEL_AUROC] >= step0[keys.VAL_PIXEL_AUROC] + VAL_GAIN, figures
     assert result.best_step > 0, figures
+    if dataset == "realistic":
+        return  # the gap to the baseline there is open work: reported above, not asserted
     # (c) the best-on-validation checkpoint generalises to the test defects (another process).
     assert result.test_metrics[keys.TEST_IMAGE_AUROC] >= TEST_IMAGE_AUROC_MIN, figures
     assert result.test_metrics[keys.TEST_PIXEL_AUROC] >= TEST_PIXEL_AUROC_MIN, figures
