@@ -24,6 +24,7 @@ stopped.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -212,6 +213,8 @@ def format_summary(result: PipelineResult) -> str:
         best = f"{sel}={r.val[sel]:.4f}" if sel in r.val else f"no {sel} figure"
         test = r.test.get("test_image_auroc")
         test_text = f", test image AUROC {test:.4f}" if test is not None else ""
+        if math.isfinite(r.val_test_rho):  # an undefined rho is explained in the report, not here
+            test_text += f", val/test rho {r.val_test_rho:.2f} over {r.val_test_trials} trials"
         promo = result.promotions.get(r.category)
         champion = f", champion v{promo.champion_after}" if promo and promo.champion_after else ""
         lines.append(f"  {r.category}: {best}{test_text}  trial {r.best_trial}  {r.model}{champion}")

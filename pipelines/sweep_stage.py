@@ -3,7 +3,9 @@
 The caller names the tracking store (:func:`pipelines.tracking.resolve_tracking_uri` turns flags and
 the environment into one); the Ray workers get it through the job's runtime environment
 (:func:`pipelines.tracking.worker_env`). Ctrl-C raises :class:`~pipelines.errors.SweepInterrupted`,
-and the sweep continues with ``--resume``.
+and the sweep continues with ``--resume``. When the studies have ended, each category's trials are
+measured on test here, in the driver (:func:`trial_test_figures`), for the parent run's val/test rank
+correlation; a category with fewer than 3 scored trials is not measured.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
 * metrics per evaluation (``step`` = training step), heat-map overlays from the reported
   checkpoint's ``heatmaps/`` folder as step-indexed images;
 * a final status that is always FINISHED (step budget reached), KILLED (pruned by ASHA or stopped
-  by the time budget) or FAILED (errored after its retries) - never RUNNING.
+  by the time budget) or FAILED (errored after its retries) - never RUNNING;
+* when the study has ended, each trial's best checkpoint measured on test (``test_*`` on its run;
+  trials train without it) and, on the parent run, how well the trials' validation ranking
+  predicted their test ranking (:func:`record_val_test`).
 
 Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id)
 and resumed, never created twice; at the end of a study every run of the category is reconciled with
@@ -598,6 +601,7 @@ def _with_test_figures(
     """``trial`` with its ``test_*`` figures, measured and logged on its run unless it holds them already."""
     if all(m in trial.metrics for m in wanted):
         return trial
+    logger.info("trial %s (%s): measuring its best checkpoint on test", trial.trial_id, parent.category)
     try:
         figures = dict(test_figures(parent.experiment_path, trial.trial_id))
     except Exception:  # one trial's missing checkpoint must not cost the category its figure

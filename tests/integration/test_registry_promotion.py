@@ -328,4 +328,6 @@ def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
     assert int(line["val_test_trials"]) == 4
     markdown = written.files.markdown.read_text()
     assert "how well validation ranking predicts test ranking across this category's trials" in markdown
+    summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written))
+    assert f"val/test rho {expected['test_pixel_auroc'].rho:.2f} over 4 trials" in summary
     assert f"| {expected['test_pixel_auroc'].rho:.2f} | {expected['test_pixel_aupro'].rho:.2f} | 4 |" in markdown
