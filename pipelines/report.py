@@ -232,8 +232,8 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
     notes = [
         f"sweep {sweep_id}, MLflow experiment {experiment_id} at {tracking_uri}",
         f"val = best trial on the validation split (held-out train/good + fixed-seed synthetic anomalies), "
-        f"selected on {selected_on}; test = that trial's checkpoint on the test split, measured once "
-        "at registration and never used for a choice",
+        f"selected on {selected_on}; test = that trial's checkpoint on the test split, measured at "
+        "registration (or when the study ended, for the val/test ρ) and never used for a choice",
         "CPU/GPU hours = trial run wall time x the trial's resources",
     ]
     files = leaderboard.write_report([c.result for c in categories], out_dir, title=f"MemSeg sweep {sweep_id}",
