@@ -97,7 +97,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 @contextmanager
 def worker_threads() -> Iterator[None]:
-    """One torch and one OpenCV thread, as a DataLoader worker runs (``seeding.worker_init_fn``).
+    """One torch and one OpenCV thread, as a DataLoader worker runs (``memseg.data.datasets.worker_init_fn``).
 
     "Per process" synthesis figures are what one worker delivers; intra-op threads would also make
     them collapse on a loaded machine (every parallel region waits for a descheduled thread).

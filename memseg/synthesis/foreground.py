@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from memseg.category_defaults import category_defaults
 from memseg.config import SynthesisConfig
-from memseg.data.categories import category_defaults
 from memseg.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ def foreground_for(cfg: SynthesisConfig, category: str | None = None) -> Foregro
     """The foreground rule of a config, or None when foreground masking is off.
 
     Fields left at ``None`` ("category default") are filled from
-    :func:`memseg.data.categories.category_defaults` when ``category`` is given.
+    :func:`memseg.category_defaults.category_defaults` when ``category`` is given.
 
     Raises:
         ConfigError: a field is still ``None`` and no category was given to resolve it.
