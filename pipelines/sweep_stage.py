@@ -3,14 +3,16 @@
 The caller names the tracking store (:func:`pipelines.tracking.resolve_tracking_uri` turns flags and
 the environment into one); the Ray workers get it through the job's runtime environment
 (:func:`pipelines.tracking.worker_env`). Ctrl-C raises :class:`~pipelines.errors.SweepInterrupted`,
-and the sweep continues with ``--resume``. When the studies have ended, each category's trials are
-measured on test here, in the driver (:func:`trial_test_figures`), for the parent run's val/test rank
-correlation; a category with fewer than 3 scored trials is not measured.
+and the sweep continues with ``--resume``. When the studies have ended, the trials of every category
+are measured on test for the parent runs' val/test rank correlation: one Ray task per trial, with the
+resources of a trial, all submitted at once (:class:`RayTestMeasurement`), so the measuring runs on the
+workers that trained them, not in the driver. A category with fewer than 3 scored trials is not
+measured; ``budget.measure_trials_on_test: false`` measures none.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import ray
+
+from memseg.training.seeding import set_num_threads
 from pipelines import registry, tracking
 from pipelines.errors import SweepInterrupted
 from sweeps import driver
@@ -26,9 +31,15 @@ from sweeps.driver import SweepError, SweepResult
 from sweeps.search_space import overrides_from_params
 from sweeps.spec import SweepSpec, unique
 from sweeps.status import StatusCallback, StatusPrinter, SweepStatus, register_board, unregister_board
+from sweeps.trainable import torch_threads
+
+logger = logging.getLogger(__name__)
 
 # Keys of a spec that may change when a sweep resumes: where the data and the storage are, not what runs.
 WHERE_KEYS = ("data.root", "storage.path")
+# The spec switch that turns the trials' test measurement off, named in the parent run's reason tag.
+MEASURE_SWITCH = "budget.measure_trials_on_test"
+NOT_MEASURED_REASON = f"trials not measured on test ({MEASURE_SWITCH}: false)"
 
 
 @dataclass(frozen=True)
@@ -133,26 +144,101 @@ def run_tracked_sweep(
         raise SweepInterrupted(spec.name, sweep_id) from None
     finally:
         unregister_board(sweep_id)
-    tracking.close_sweep(tracker, plans, result.categories,
-                         test_figures=functools.partial(trial_test_figures, data_root=str(data_root)))
+    close_tracked_sweep(tracker, spec, plans, result.categories, data_root=str(data_root))
     print(format_summary(result, tracking_uri, tracker.experiment_id), file=stream, flush=True)
     return TrackedSweep(result, tracking_uri, tracker.experiment_id)
 
 
-def trial_test_figures(experiment_path: str, trial_id: str, *, data_root: str | None = None) -> dict[str, float]:
+def close_tracked_sweep(
+    tracker: tracking.SweepTracking,
+    spec: SweepSpec,
+    plans: Sequence[driver.CategoryPlan],
+    results: Mapping[str, driver.CategoryResult],
+    *,
+    data_root: str,
+) -> None:
+    """Finalize the categories' parent runs, their trials measured on test as Ray tasks unless the spec says no.
+
+    Ray is still connected here in a sweep; the trials of all the categories go to the cluster at once.
+    """
+    if spec.budget.measure_trials_on_test:
+        measure = RayTestMeasurement.for_spec(spec, tracker.uri, data_root=data_root)
+        tracking.close_sweep(tracker, plans, results, test_figures=measure)
+    else:
+        tracking.close_sweep(tracker, plans, results, not_measured=NOT_MEASURED_REASON)
+
+
+def trial_test_figures(
+    experiment_path: str, trial_id: str, *, data_root: str | None = None, device: str = "auto"
+) -> dict[str, float]:
     """The ``test_*`` figures of a trial's best checkpoint, measured the way registration measures the winner.
 
     Args:
         experiment_path: the category's Tune experiment folder (local path or bucket URI).
         trial_id: the trial.
         data_root: the dataset on this machine (None = the root stored in the checkpoint).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
 
     Raises:
         RegistrationError: the trial has no ``best_model.pt`` (the folder searched is named).
     """
     with tempfile.TemporaryDirectory(prefix="memseg-trial-test-") as tmp:
         checkpoint = registry.locate_checkpoint(experiment_path, trial_id, Path(tmp))
-        return registry.evaluate_on_test(checkpoint, data_root=data_root, n_panels=0).metrics
+        return registry.evaluate_on_test(checkpoint, data_root=data_root, device=device, n_panels=0).metrics
+
+
+@ray.remote
+def _trial_test_task(experiment_path: str, trial_id: str, data_root: str, cpus: float, gpu: bool) -> dict[str, float]:
+    """:func:`trial_test_figures` on a Ray worker holding a trial's resources (threads and device as a trial's)."""
+    set_num_threads(torch_threads(cpus))
+    return trial_test_figures(experiment_path, trial_id, data_root=data_root, device="cuda" if gpu else "cpu")
+
+
+@dataclass(frozen=True)
+class RayTestMeasurement:
+    """Measures trials on test as Ray tasks (a :data:`pipelines.tracking.TrialTestFigures`).
+
+    Every trial handed over in one call is submitted at once, each task with a trial's CPUs and
+    GPUs, then all are gathered, so the cluster measures them side by side as it trained them. A
+    task reads the checkpoint from Tune storage and the images from ``data_root``: what every trial
+    requires of every node already. When the driver is not connected to Ray, it connects the way
+    the sweep does (:func:`sweeps.driver.connect_ray`).
+
+    Attributes:
+        data_root: the dataset root (absolute, as the trials got it).
+        cpu: CPUs per task (``resources.cpu``); torch uses this many threads.
+        gpu: GPUs per task (``resources.gpu``); a task with a GPU measures on it, else on the CPU.
+        tracking_uri: what the workers get in their environment if this connects to Ray.
+        local_num_cpus: CPUs of a local Ray instance started here (``cluster.local_num_cpus``).
+    """
+
+    data_root: str
+    cpu: float
+    gpu: float
+    tracking_uri: str
+    local_num_cpus: int | None = None
+
+    @classmethod
+    def for_spec(cls, spec: SweepSpec, tracking_uri: str, *, data_root: str) -> RayTestMeasurement:
+        return cls(data_root=data_root, cpu=spec.resources.cpu, gpu=spec.resources.gpu, tracking_uri=tracking_uri,
+                   local_num_cpus=spec.cluster.local_num_cpus)
+
+    def __call__(
+        self, trials: Sequence[tracking.TrialToMeasure]
+    ) -> dict[tracking.TrialToMeasure, Mapping[str, float] | Exception]:
+        if not trials:
+            return {}
+        driver.connect_ray(tracking.worker_env(self.tracking_uri), self.local_num_cpus)
+        task = _trial_test_task.options(num_cpus=self.cpu, num_gpus=self.gpu)
+        refs = {t: task.remote(t.experiment_path, t.trial_id, self.data_root, self.cpu, self.gpu > 0) for t in trials}
+        logger.info("measuring %d trials on test as Ray tasks (%s CPU, %s GPU each)", len(refs), self.cpu, self.gpu)
+        out: dict[tracking.TrialToMeasure, Mapping[str, float] | Exception] = {}
+        for trial, ref in refs.items():
+            try:
+                out[trial] = ray.get(ref)
+            except Exception as exc:  # the task's error; tracking logs it and leaves the trial out
+                out[trial] = exc
+        return out
 
 
 def format_summary(result: SweepResult, uri: str, experiment_id: str) -> str:

@@ -14,7 +14,9 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
   by the time budget) or FAILED (errored after its retries) - never RUNNING;
 * when the study has ended, each trial's best checkpoint measured on test (``test_*`` on its run;
   trials train without it) and, on the parent run, how well the trials' validation ranking
-  predicted their test ranking (:func:`record_val_test`).
+  predicted their test ranking (:func:`record_val_test`). The measuring is injected
+  (:data:`TrialTestFigures`: the sweep stage runs it as Ray tasks), and every trial of every
+  category that :func:`close_sweep` finalizes is handed to it in one batch.
 
 Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id)
 and resumed, never created twice; at the end of a study every run of the category is reconciled with
@@ -39,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
 
@@ -105,8 +108,18 @@ _NOT_PARAMS = frozenset({"train.output_dir"})
 _STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 
-TrialTestFigures = Callable[[str, str], Mapping[str, float]]
-"""The ``test_*`` figures of a trial's best checkpoint, from the Tune experiment path and the trial id."""
+@dataclass(frozen=True)
+class TrialToMeasure:
+    """A trial whose best checkpoint is to be measured on test."""
+
+    category: str
+    experiment_path: str
+    trial_id: str
+
+
+TrialTestFigures = Callable[[Sequence[TrialToMeasure]], Mapping[TrialToMeasure, Mapping[str, float] | Exception]]
+"""Measures trials' best checkpoints on test, all of them at once: the ``test_*`` figures per trial, or
+the exception that trial's measurement raised (a trial left out of the answer counts as failed)."""
 
 
 class TrackingError(MemSegError):
@@ -297,15 +310,50 @@ class SweepTracking:
         )
 
     def finalize(
-        self, plan: CategoryPlan, result: CategoryResult | None, *, test_figures: TrialTestFigures | None = None
+        self,
+        plan: CategoryPlan,
+        result: CategoryResult | None,
+        *,
+        test_figures: TrialTestFigures | None = None,
+        not_measured: str | None = None,
     ) -> None:
         """Close the category's parent run (and any child still RUNNING) after its study ended.
 
         ``result`` is the driver's ``CategoryResult`` (None when the driver has none for the
         category): the best trial goes to the parent as tags and a metric; a category whose study
         crashed ends FAILED. With ``test_figures``, the trials are measured on test and the
-        parent gets how well validation predicts test across them (:func:`record_val_test`).
+        parent gets how well validation predicts test across them (:func:`record_val_test`);
+        without it, ``not_measured`` (when given) is recorded as the reason there is no rho.
         """
+        self.finalize_all([(plan, result)], test_figures=test_figures, not_measured=not_measured)
+
+    def finalize_all(
+        self,
+        categories: Sequence[tuple[CategoryPlan, CategoryResult | None]],
+        *,
+        test_figures: TrialTestFigures | None = None,
+        not_measured: str | None = None,
+    ) -> None:
+        """:meth:`finalize` for several categories, their trials measured on test in one batch.
+
+        The parents stay RUNNING until their val/test figures are written, so a driver killed while
+        the trials are measured leaves them for the next finalize (a resumed sweep) to complete.
+        """
+        parents = [(self._close_children(plan, result), result) for plan, result in categories]
+        if test_figures is not None:
+            pending = [val_test_pending(self.client, self.experiment_id, parent) for parent, _ in parents]
+            figures = measure_trials(test_figures, [t for p in pending for t in p.to_measure])
+            for p in pending:
+                write_val_test(self.client, p, figures)
+        elif not_measured is not None:
+            for parent, _ in parents:
+                record_not_measured(self.client, self.experiment_id, parent, not_measured)
+        for parent, result in parents:
+            error = result.error if result is not None else None
+            self.client.set_terminated(parent, status="FAILED" if error else "FINISHED")
+
+    def _close_children(self, plan: CategoryPlan, result: CategoryResult | None) -> str:
+        """Close the category's children still RUNNING and write its best trial; the parent's run id."""
         parent = self.parent_run_id(plan)
         children = find_runs(self.client, self.experiment_id, {TAG_PARENT: parent})
         for run in children:
@@ -323,9 +371,7 @@ class SweepTracking:
                 self.client.log_metric(parent, plan.metric, best.score)
         if error:
             self.client.set_tag(parent, TAG_ERROR, str(error)[:5000])
-        if test_figures is not None:
-            record_val_test(self.client, self.experiment_id, parent, test_figures)
-        self.client.set_terminated(parent, status="FAILED" if error else "FINISHED")
+        return parent
 
 
 # --- the per-category Tune callback (runs in the driver, in the category's Tuner thread) -----------
@@ -558,63 +604,134 @@ def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def record_val_test(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, test_figures: TrialTestFigures
-) -> dict[str, RankCorrelation]:
-    """Measure the category's trials on test and write the val/test rank correlations to its parent run.
+@dataclass(frozen=True)
+class ValTestPending:
+    """A category's trials before the test measurement: what is there and what is to be measured."""
+
+    parent: ParentRun
+    wanted: tuple[str, ...]
+    trials: list[TrialRun]
+    to_measure: list[TrialToMeasure]
+
+
+def val_test_pending(client: MlflowClient, experiment_id: str, parent_run_id: str) -> ValTestPending:
+    """The category's trial runs and which of them :func:`record_val_test` would measure on test.
 
     Trials train without a test evaluation (test figures never steer a sweep), so each trial that
-    reported the parent's ``tune_metric`` gets its best checkpoint measured here, once: a trial run
-    that holds every ``test_*`` figure already (a resumed sweep, or the registered winner) is not
-    measured again. With fewer than ``MIN_TRIALS`` such trials rho is undefined whatever the test
-    says, so none is measured. A trial whose measurement fails is logged and left out (the parent's
-    count says how many trials rho rests on). Rewriting is idempotent: an unchanged figure is not
-    logged again, and a reason tag that no longer applies is deleted.
-
-    Returns:
-        rho per test metric (:func:`pipelines.schema.val_test_metrics` of the selection metric).
+    reported the parent's ``tune_metric`` is to be measured once: a trial run that holds every
+    ``test_*`` figure already (a resumed sweep, or the registered winner) is not measured again.
+    With fewer than ``MIN_TRIALS`` such trials rho is undefined whatever the test says, so none is.
     """
     parent = ParentRun.from_run(client.get_run(parent_run_id))
     wanted = schema.val_test_metrics(parent.selection_metric)
     trials = [TrialRun.from_run(r) for r in find_runs(client, experiment_id, {TAG_PARENT: parent_run_id})]
-    scored = {t.run_id for t in trials if math.isfinite(t.metrics.get(parent.tune_metric, math.nan))}
-    if len(scored) >= MIN_TRIALS:
-        trials = [
-            _with_test_figures(client, parent, t, wanted, test_figures) if t.run_id in scored else t for t in trials
-        ]
-    out = {m: schema.val_test_correlation(trials, parent.tune_metric, m) for m in wanted}
-    for metric, corr in out.items():
-        _log_if_changed(client, parent, schema.VAL_TEST_TRIALS + metric, float(corr.n))
-        reason_tag = schema.VAL_TEST_REASON + metric
-        if corr.defined:
-            _log_if_changed(client, parent, schema.VAL_TEST_SPEARMAN + metric, corr.rho)
-            if reason_tag in client.get_run(parent_run_id).data.tags:
-                client.delete_tag(parent_run_id, reason_tag)
-        else:
-            client.set_tag(parent_run_id, reason_tag, corr.reason)
+    scored = [t for t in trials if math.isfinite(t.metrics.get(parent.tune_metric, math.nan))]
+    to_measure = [] if len(scored) < MIN_TRIALS else [
+        TrialToMeasure(parent.category, parent.experiment_path, t.trial_id)
+        for t in scored if not all(m in t.metrics for m in wanted)
+    ]
+    return ValTestPending(parent, wanted, trials, to_measure)
+
+
+def measure_trials(
+    test_figures: TrialTestFigures, trials: Sequence[TrialToMeasure]
+) -> dict[TrialToMeasure, Mapping[str, float]]:
+    """The figures of the trials whose measurement succeeded; each failure is logged and left out."""
+    if not trials:
+        return {}
+    logger.info("measuring %d trials' best checkpoints on test", len(trials))
+    try:
+        answers = test_figures(trials)
+    except Exception:  # e.g. no cluster: the parents still get closed, with the reason rho is missing
+        logger.exception("cannot measure %d trials on test; they are left out of the val/test rank "
+                         "correlation", len(trials))
+        return {}
+    out: dict[TrialToMeasure, Mapping[str, float]] = {}
+    for trial in trials:
+        answer = answers.get(trial)
+        if isinstance(answer, Mapping):
+            out[trial] = answer
+            continue
+        # One trial's missing checkpoint must not cost the category its figure.
+        logger.error("trial %s (%s): cannot measure its best checkpoint on test; left out of the val/test rank "
+                     "correlation", trial.trial_id, trial.category,
+                     exc_info=answer if isinstance(answer, Exception) else None)
     return out
 
 
-def _with_test_figures(
-    client: MlflowClient, parent: ParentRun, trial: TrialRun, wanted: Sequence[str], test_figures: TrialTestFigures
-) -> TrialRun:
-    """``trial`` with its ``test_*`` figures, measured and logged on its run unless it holds them already."""
-    if all(m in trial.metrics for m in wanted):
-        return trial
-    logger.info("trial %s (%s): measuring its best checkpoint on test", trial.trial_id, parent.category)
-    try:
-        figures = dict(test_figures(parent.experiment_path, trial.trial_id))
-    except Exception:  # one trial's missing checkpoint must not cost the category its figure
-        logger.exception("trial %s (%s): cannot measure its best checkpoint on test; left out of the val/test "
-                         "rank correlation", trial.trial_id, parent.category)
-        return trial
-    missing = [m for m in wanted if m not in figures]
-    if missing:
-        msg = f"trial {trial.trial_id}: the test measurement gave no {', '.join(missing)}"
-        raise TrackingError(msg)
-    ts = _now_ms()
-    client.log_batch(trial.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in sorted(figures.items())])
-    return dataclasses.replace(trial, metrics={**trial.metrics, **figures})
+def write_val_test(
+    client: MlflowClient, pending: ValTestPending, figures: Mapping[TrialToMeasure, Mapping[str, float]]
+) -> dict[str, RankCorrelation]:
+    """Log the measured ``test_*`` figures on the trial runs and the val/test rank correlations on the parent.
+
+    Rewriting is idempotent: an unchanged figure is not logged again, and a reason tag that no longer
+    applies is deleted. The parent's count says how many trials rho rests on.
+
+    Raises:
+        TrackingError: a measurement lacks a figure rho is taken against (the trial is named).
+
+    Returns:
+        rho per test metric (:func:`pipelines.schema.val_test_metrics` of the selection metric).
+    """
+    parent = pending.parent
+    trials = []
+    for trial in pending.trials:
+        measured = figures.get(TrialToMeasure(parent.category, parent.experiment_path, trial.trial_id))
+        if measured is None:
+            trials.append(trial)
+            continue
+        missing = [m for m in pending.wanted if m not in measured]
+        if missing:
+            msg = f"trial {trial.trial_id}: the test measurement gave no {', '.join(missing)}"
+            raise TrackingError(msg)
+        ts = _now_ms()
+        client.log_batch(trial.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in sorted(measured.items())])
+        trials.append(dataclasses.replace(trial, metrics={**trial.metrics, **measured}))
+    out = {m: schema.val_test_correlation(trials, parent.tune_metric, m) for m in pending.wanted}
+    for metric, corr in out.items():
+        _write_correlation(client, parent, metric, corr)
+    return out
+
+
+def record_val_test(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, test_figures: TrialTestFigures
+) -> dict[str, RankCorrelation]:
+    """Measure one category's trials on test and write the val/test rank correlations to its parent run.
+
+    :func:`val_test_pending` says which trials are measured, :func:`measure_trials` measures them
+    and :func:`write_val_test` writes the result.
+    """
+    pending = val_test_pending(client, experiment_id, parent_run_id)
+    return write_val_test(client, pending, measure_trials(test_figures, pending.to_measure))
+
+
+def record_not_measured(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str
+) -> dict[str, RankCorrelation]:
+    """Write ``reason`` as why the parent has no val/test rho, measuring nothing.
+
+    The count is that of the trials holding both figures already (the registered winner, say), so
+    the parent reads like any parent whose rho is undefined.
+    """
+    pending = val_test_pending(client, experiment_id, parent_run_id)
+    out = {}
+    for metric in pending.wanted:
+        n = len([p for p in schema.val_test_pairs(pending.trials, pending.parent.tune_metric, metric)
+                 if math.isfinite(p[1])])
+        out[metric] = RankCorrelation(math.nan, n, reason)
+        _write_correlation(client, pending.parent, metric, out[metric])
+    return out
+
+
+def _write_correlation(client: MlflowClient, parent: ParentRun, metric: str, corr: RankCorrelation) -> None:
+    _log_if_changed(client, parent, schema.VAL_TEST_TRIALS + metric, float(corr.n))
+    reason_tag = schema.VAL_TEST_REASON + metric
+    if corr.defined:
+        _log_if_changed(client, parent, schema.VAL_TEST_SPEARMAN + metric, corr.rho)
+        if reason_tag in client.get_run(parent.run_id).data.tags:
+            client.delete_tag(parent.run_id, reason_tag)
+    else:
+        client.set_tag(parent.run_id, reason_tag, corr.reason)
 
 
 def _log_if_changed(client: MlflowClient, parent: ParentRun, key: str, value: float) -> None:
@@ -628,7 +745,12 @@ def close_sweep(
     results: Mapping[str, CategoryResult],
     *,
     test_figures: TrialTestFigures | None = None,
+    not_measured: str | None = None,
 ) -> None:
-    """Finalize every category's parent run (called once the driver returns)."""
-    for plan in plans:
-        tracking.finalize(plan, results.get(plan.category), test_figures=test_figures)
+    """Finalize every category's parent run (called once the driver returns).
+
+    With ``test_figures``, the trials of all the categories are measured on test in one batch; see
+    :meth:`SweepTracking.finalize` for ``not_measured``.
+    """
+    tracking.finalize_all([(plan, results.get(plan.category)) for plan in plans],
+                          test_figures=test_figures, not_measured=not_measured)

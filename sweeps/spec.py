@@ -109,6 +109,12 @@ class BudgetSettings(_Strict):
     time_budget_s: float | None = Field(
         None, gt=0.0, description="Wall-clock budget of each category's study in seconds (Tune's time_budget_s)."
     )
+    measure_trials_on_test: bool = Field(
+        True,
+        description="When a category's study has ended, measure every scored trial's best checkpoint on the "
+        "test split (one Ray task per trial, with a trial's resources) for the parent run's val/test rank "
+        "correlation; false measures none, and the parent run says so instead of giving rho.",
+    )
 
 
 class FailureSettings(_Strict):

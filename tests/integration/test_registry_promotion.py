@@ -5,9 +5,10 @@ channels swapped, whose anomaly map is exactly ``1 - map``, so its pixel AUROC i
 Whichever scores higher on the gate data is "better"; no training needed, nothing mocked.
 
 The last tests drive the stages after a sweep (register -> promote -> report) on sweeps whose parent
-and trial runs are written by the real tracking callback fed with Tune-like events, so no Ray cluster
-is needed: one selects on AUPRO, one has enough trials for the rank correlation of validation and
-test, measured on the trials' real checkpoints.
+and trial runs are written by the real tracking callback fed with Tune-like events: one selects on
+AUPRO, one has enough trials for the rank correlation of validation and test, measured on the trials'
+real checkpoints as Ray tasks on a real local Ray instance, and one turns that measurement off in its
+spec.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import csv
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pytest
+import ray
 import torch
 
 from memseg.config import MemSegConfig, resolve_for_category
@@ -31,7 +34,7 @@ from memseg.model import create_model
 from memseg.training.checkpoint import load_model_file, save_model
 from pipelines import flow, promotion, registry, report, schema, sweep_stage, tracking
 from sweeps import driver
-from sweeps.spec import load_sweep_spec
+from sweeps.spec import SweepSpec, load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.mlflow]
@@ -225,8 +228,9 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     # Two trials: no rank correlation, and the reason says why (the study ended without test_figures
     # here, so the report says it was not recorded; a finalize with them records the reason).
     assert "not recorded" in category.result.val_test_reason
-    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
-                   test_figures=sweep_stage.trial_test_figures)
+    # Two trials: nothing to measure, so the measurement never reaches for a cluster.
+    measure = sweep_stage.RayTestMeasurement(data_root=str(synthetic_root), cpu=1.0, gpu=0.0, tracking_uri=uri)
+    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path), test_figures=measure)
     parent = schema.ParentRun.from_run(client.get_run(sweep.parent_run_id(plan)))
     (only,) = parent.val_test.items()  # selected on AUPRO: its test counterpart is the test AUPRO
     runs = registry.trial_runs(client, sweep.experiment_id, parent.run_id)
@@ -259,16 +263,29 @@ def test_a_parent_run_without_its_tune_metric_is_an_error_naming_it(mlflow_serve
         registry.find_winner(uri, sweep_id, CATEGORY, workdir=Path("unused"))
 
 
-def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
-    mlflow_server: MlflowServer, synthetic_root: Path, tmp_path: Path
-) -> None:
-    """Four trials whose checkpoints differ on test: rho on the parent and in the report is the
-    Spearman rho of the trial runs' validation figures and their measured test figures."""
-    uri = mlflow_server.uri
+@pytest.fixture
+def ray_disconnected(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No Ray connection and no ``RAY_ADDRESS``: whatever connects starts a real local instance, shut down after."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _four_trial_sweep(
+    uri: str, synthetic_root: Path, tmp_path: Path, **changes: object
+) -> tuple[SweepSpec, driver.CategoryPlan, tracking.SweepTracking, dict[str, float]]:
+    """A smoke-spec sweep of one category whose 4 trials ended, each with a real ``best_model.pt`` on storage.
+
+    Trials t0/t1 and t2/t3 are channel-swapped twins, so their test pixel AUROCs sum to 1.
+    """
     sweep_id = f"valtest-{uuid.uuid4().hex[:8]}"
     spec = load_sweep_spec("smoke").with_changes({
         "data.root": str(synthetic_root), "storage.path": str(tmp_path / "sweeps"),
-        "base.eval.selection_metric": "val_pixel_auroc",
+        "base.eval.selection_metric": "val_pixel_auroc", **changes,
     })
     plan = driver.plan_sweep(spec, sweep_id, [CATEGORY])[0]
     assert plan.metric == "best_val_pixel_auroc"
@@ -287,8 +304,23 @@ def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
         callback.on_trial_result(0, [], trial, result)
         trial.last_result, trial.status = result, "TERMINATED"
         callback.on_trial_complete(0, [], trial)
-    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
-                   test_figures=sweep_stage.trial_test_figures)
+    return spec, plan, sweep, val
+
+
+@pytest.mark.ray
+def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
+    mlflow_server: MlflowServer, synthetic_root: Path, tmp_path: Path, ray_disconnected: None
+) -> None:
+    """Four trials whose checkpoints differ on test, measured as Ray tasks: rho on the parent and in the
+    report is the Spearman rho of the trial runs' validation figures and their measured test figures."""
+    uri = mlflow_server.uri
+    spec, plan, sweep, val = _four_trial_sweep(uri, synthetic_root, tmp_path)
+    sweep_id = sweep.sweep_id
+    results = {CATEGORY: driver.CategoryResult(CATEGORY, plan.experiment_path)}
+    assert not ray.is_initialized()
+    sweep_stage.close_tracked_sweep(sweep, spec, [plan], results, data_root=str(synthetic_root))
+    # Not connected when the study ended: the measurement started Ray itself, as the sweep does.
+    assert ray.is_initialized()
 
     client = mlflow.MlflowClient(uri)
     parent_id = sweep.parent_run_id(plan)
@@ -311,8 +343,7 @@ def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
     assert schema.ParentRun.from_run(parent_run).val_test == expected
 
     # A resumed sweep finalizes again: nothing is measured or logged twice.
-    sweep.finalize(plan, driver.CategoryResult(CATEGORY, plan.experiment_path),
-                   test_figures=sweep_stage.trial_test_figures)
+    sweep_stage.close_tracked_sweep(sweep, spec, [plan], results, data_root=str(synthetic_root))
     assert len(client.get_metric_history(trials[0].run_id, "test_pixel_auroc")) == 1
     assert len(client.get_metric_history(parent_id, "val_test_spearman.test_pixel_auroc")) == 1
 
@@ -331,3 +362,31 @@ def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
     summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written))
     assert f"val/test rho {expected['test_pixel_auroc'].rho:.2f} over 4 trials" in summary
     assert f"| {expected['test_pixel_auroc'].rho:.2f} | {expected['test_pixel_aupro'].rho:.2f} | 4 |" in markdown
+
+
+def test_the_switch_off_measures_no_trial_and_says_why(
+    mlflow_server: MlflowServer, synthetic_root: Path, tmp_path: Path
+) -> None:
+    uri = mlflow_server.uri
+    spec, plan, sweep, val = _four_trial_sweep(uri, synthetic_root, tmp_path,
+                                               **{"budget.measure_trials_on_test": False})
+    assert not spec.budget.measure_trials_on_test
+    results = {CATEGORY: driver.CategoryResult(CATEGORY, plan.experiment_path)}
+    sweep_stage.close_tracked_sweep(sweep, spec, [plan], results, data_root=str(synthetic_root))
+
+    client = mlflow.MlflowClient(uri)
+    parent_run = client.get_run(sweep.parent_run_id(plan))
+    assert parent_run.info.status == "FINISHED"
+    trials = registry.trial_runs(client, sweep.experiment_id, parent_run.info.run_id)
+    assert sorted(t.trial_id for t in trials) == sorted(val)
+    assert all(not k.startswith("test_") for t in trials for k in t.metrics), [t.metrics for t in trials]
+    reason = "trials not measured on test (budget.measure_trials_on_test: false)"
+    for test in ("test_pixel_auroc", "test_pixel_aupro"):
+        assert parent_run.data.tags[f"val_test_reason.{test}"] == reason
+        assert parent_run.data.metrics[f"val_test_trials.{test}"] == 0
+        assert f"val_test_spearman.{test}" not in parent_run.data.metrics
+    parent = schema.ParentRun.from_run(parent_run)
+    assert {m: (math.isnan(c.rho), c.n, c.reason) for m, c in parent.val_test.items()} == {
+        "test_pixel_auroc": (True, 0, reason), "test_pixel_aupro": (True, 0, reason)}
+    row = report.write_sweep_report(uri, sweep.sweep_id, tmp_path / "report", log_to_mlflow=False).categories[0].result
+    assert math.isnan(row.val_test_rho) and row.val_test_reason == reason

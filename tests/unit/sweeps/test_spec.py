@@ -100,3 +100,11 @@ def test_with_changes_revalidates() -> None:
     assert spec.with_changes({"data.root": "/x"}).data.root == "/x"
     with pytest.raises(ConfigError, match="search.num_samples"):
         spec.with_changes({"search.num_samples": 0})
+
+
+def test_trials_are_measured_on_test_unless_the_spec_says_no(tmp_path: Path) -> None:
+    assert all(load_sweep_spec(name).budget.measure_trials_on_test for name in builtin_specs())
+    off = load_sweep_spec(_write(tmp_path, MINIMAL + "budget: {measure_trials_on_test: false}\n"))
+    assert off.budget.measure_trials_on_test is False
+    with pytest.raises(ConfigError, match=r"budget\.measure_trials_on_test"):
+        load_sweep_spec(_write(tmp_path, MINIMAL + "budget: {measure_trials_on_test: sometimes}\n"))
