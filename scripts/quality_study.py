@@ -1,10 +1,10 @@
 """Why do trained MemSeg maps localise worse than the training-free baseline on realistic defects?
 
 One training run per (trial, category, seed) at the learning test's budget (LEARNING in
-tests/integration/test_learning.py, via scripts/realistic_baseline.py: 128 px, 300 steps, random
-frozen backbone; ``train.seed = 42 + seed``, dataset seed = ``seed``, as that script does, so its
-default-recipe rows are comparable). At every evaluation the checkpoint is scored, from ONE set of
-maps each, on:
+tests/integration/test_learning.py: 128 px, 300 steps, random frozen backbone;
+``train.seed = 42 + seed``, dataset seed = ``seed``, as scripts/realistic_baseline.py does, so its
+default-recipe rows are comparable). ``--steps`` and ``--set`` make a cheaper screen. At every
+evaluation the checkpoint is scored, from ONE set of maps each, on:
 
 - both validation sources (``data.val_anomaly_source`` = ``training_synthesis`` and ``held_out``),
   so the checkpoint choice of either source can be read off afterwards;
@@ -16,6 +16,8 @@ scorings. Test figures are only reported, never used to choose.
 
     python scripts/quality_study.py --dataset realistic --categories brick grass gravel --seeds 0 \\
         --trials defaults small_masks --work runs/quality
+    python scripts/quality_study.py --categories gravel --steps 100 --set data.image_size=64 \
+        --set train.eval_interval=25 --trials defaults ridge_masks lr_0.12 --work runs/quality   # screen
     python scripts/quality_study.py --work runs/quality --summary      # tables from what is there
 
 Rows go to ``<work>/runs.jsonl`` and ``<work>/baseline.jsonl``; a rerun skips what is there.
@@ -70,15 +72,15 @@ TRIALS: dict[str, dict[str, Any]] = {
 
 
 def learning_settings() -> dict[str, Any]:
-    """LEARNING of the learning test, through scripts/realistic_baseline.py (one definition)."""
-    path = ROOT / "scripts" / "realistic_baseline.py"
-    spec = importlib.util.spec_from_file_location("memseg_realistic_baseline", path)
+    """LEARNING of the learning test (one definition for the test and the scripts)."""
+    path = ROOT / "tests" / "integration" / "test_learning.py"
+    spec = importlib.util.spec_from_file_location("memseg_learning_test", path)
     if spec is None or spec.loader is None:
-        msg = f"{path}: cannot load"
+        msg = f"{path}: cannot load the learning test's settings"
         raise SystemExit(msg)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.learning_settings())
+    return dict(module.LEARNING)
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
