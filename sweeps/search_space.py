@@ -152,6 +152,14 @@ AnyParam = LeafParam | ComplementParam | ConditionalParam
 Param = Annotated[AnyParam, Field(discriminator="type")]
 
 
+# Fields that define what "better on validation" means. Every trial of a study must be measured on
+# the same validation set with the same metric, or the searcher and ASHA compare unlike figures.
+SELECTION_FIELDS = frozenset({
+    "data.val_fraction", "data.val_min_images", "data.val_anomalies_per_image", "data.val_anomaly_source",
+    "eval.val_seed", "eval.selection_metric", "model.memory_selection",
+})
+
+
 class SpaceFile(_Strict):
     """A whole search-space file."""
 
@@ -169,6 +177,10 @@ class SpaceFile(_Strict):
         for name, spec in self.params.items():
             if name not in known:
                 raise ValueError(f"params.{name}: not a MemSegConfig field (see memseg.config.field_names())")
+            if name in SELECTION_FIELDS:
+                msg = (f"params.{name}: defines the validation set or the selection metric, so trials drawing "
+                       "different values would be ranked on different yardsticks; set it in the sweep's base")
+                raise ValueError(msg)
             if isinstance(spec, ComplementParam) and not isinstance(seen.get(spec.of), FloatParam):
                 raise ValueError(f"params.{name}: 'of: {spec.of}' must name an earlier float parameter")
             if isinstance(spec, ConditionalParam):

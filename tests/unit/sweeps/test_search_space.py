@@ -173,6 +173,10 @@ def _space_file(tmp_path: Path, params: str, version: int = 1) -> Path:
          "no case for optim.optimizer"),
         ("  optim.lr: {type: float, low: 0.1, high: 0.01}\n", "low"),
         ("  optim.lr: {type: gaussian, mean: 1}\n", "optim.lr"),
+        ("  data.val_anomaly_source: {type: categorical, choices: [training_synthesis, held_out]}\n",
+         "params.data.val_anomaly_source: defines the validation set"),
+        ("  eval.selection_metric: {type: categorical, choices: [val_pixel_auroc, val_pixel_aupro]}\n",
+         "params.eval.selection_metric: defines the validation set or the selection metric"),
     ],
 )
 def test_bad_space_files_name_file_and_param(tmp_path: Path, params: str, match: str) -> None:
