@@ -20,7 +20,8 @@ scorings. Test figures are only reported, never used to choose.
         --set train.eval_interval=25 --trials defaults ridge_masks lr_0.12 --work runs/quality   # screen
     python scripts/quality_study.py --work runs/quality --summary      # tables from what is there
 
-Rows go to ``<work>/runs.jsonl`` and ``<work>/baseline.jsonl``; a rerun skips what is there.
+Rows go to ``<work>/runs.jsonl`` and ``<work>/baseline.jsonl``; a rerun skips what is there. A run's
+evaluations also go to ``<work>/partial/*.jsonl`` as they happen.
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def scored(maps: np.ndarray, data: EvalSet, scorings: Sequence[tuple[int, float]
 class Recorder:
     """Scores every evaluation's checkpoint on both validation sources and the test split."""
 
-    def __init__(self, sets: Mapping[str, EvalSet], cfg: MemSegConfig) -> None:
+    def __init__(self, sets: Mapping[str, EvalSet], cfg: MemSegConfig, partial: Path) -> None:
         self.sets = sets
         self.cfg = cfg
+        self.partial = partial  # every row as it comes, so a run stopped early still leaves its curve
         self.rows: list[dict[str, float]] = []
 
     def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
@@ -117,6 +119,7 @@ class Recorder:
             scorings = SCORINGS if name == "test" else (DEFAULT_SCORING,)
             row.update({f"{name}/{k}": v for k, v in scored(maps, data, scorings, fpr).items()})
         self.rows.append(row)
+        _append(self.partial, row)
 
 
 def dataset_root(work: Path, dataset: str, seed: int, category: str) -> Path:
@@ -170,7 +173,10 @@ def run_trial(
         for source in SOURCES
     }
     sets["test"] = load_test_set(files.test, cfg.data.image_size)
-    recorder = Recorder(sets, cfg)
+    partial = work / "partial" / f"{dataset}_{budget_tag()}_{trial}_{category}_{seed}_{steps}.jsonl"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
+    recorder = Recorder(sets, cfg, partial)
     started = time.perf_counter()
     fit(cfg, callbacks=[recorder], progress=False, evaluate_test=False, eval_at_start=True, num_threads=threads)
     return {
