@@ -27,7 +27,6 @@ evaluations also go to ``<work>/partial/*.jsonl`` as they happen.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from learning_settings import learning_settings  # scripts/learning_settings.py
 
 from memseg.baselines import NearestMemoryBaseline
 from memseg.config import MemSegConfig, parse_overrides
@@ -70,18 +70,6 @@ TRIALS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"optim.lr": 0.01},
     "lr_0.12": {"optim.lr": 0.12},
 }
-
-
-def learning_settings() -> dict[str, Any]:
-    """LEARNING of the learning test (one definition for the test and the scripts)."""
-    path = ROOT / "tests" / "integration" / "test_learning.py"
-    spec = importlib.util.spec_from_file_location("memseg_learning_test", path)
-    if spec is None or spec.loader is None:
-        msg = f"{path}: cannot load the learning test's settings"
-        raise SystemExit(msg)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.LEARNING)
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:

@@ -17,12 +17,13 @@ appended to ``<work>/results.jsonl``, and a rerun skips the (category, seed, ste
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from learning_settings import learning_settings  # scripts/learning_settings.py
 
 from memseg.baselines import evaluate_baseline
 from memseg.config import MemSegConfig
@@ -32,18 +33,6 @@ from memseg.training import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = (keys.TEST_IMAGE_AUROC, keys.TEST_PIXEL_AUROC, keys.TEST_PIXEL_AUPRO)
-
-
-def learning_settings() -> dict[str, object]:
-    """The learning test's LEARNING overrides: one definition for the test and this script."""
-    path = ROOT / "tests" / "integration" / "test_learning.py"
-    spec = importlib.util.spec_from_file_location("memseg_learning_test", path)
-    if spec is None or spec.loader is None:
-        msg = f"{path}: cannot load the learning test's settings"
-        raise SystemExit(msg)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.LEARNING)
 
 
 def run_one(category: str, seed: int, steps: int, work: Path, *, train: bool = True) -> dict[str, object]:
