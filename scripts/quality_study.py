@@ -51,7 +51,6 @@ from memseg.metrics import compute_metrics, keys
 from memseg.training import fit
 from memseg.training.loop import prepare_config
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("training_synthesis", "held_out")
 METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO)
 # (top_k, smoothing sigma in px): the authors' scoring first.

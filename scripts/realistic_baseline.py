@@ -31,7 +31,6 @@ from memseg.data.surface_photos import CATEGORIES, generate_dataset
 from memseg.metrics import keys
 from memseg.training import fit
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS = (keys.TEST_IMAGE_AUROC, keys.TEST_PIXEL_AUROC, keys.TEST_PIXEL_AUPRO)
 
 
