@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -135,32 +136,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from memseg.data.categories import CATEGORIES
-    from memseg.data.synthetic_mvtec import generate_dataset
+    from memseg.data import synthetic_mvtec
 
-    categories = args.categories or list(CATEGORIES)
-    start = time.perf_counter()
-    root = generate_dataset(
-        args.out, size=args.size, categories=categories, n_train=args.n_train, n_test_good=args.n_test_good,
-        n_test_defect=args.n_test_defect, seed=args.seed,
-    )
-    print(f"wrote {len(categories)} categories ({args.size} px, seed {args.seed}) to {root} "
-          f"in {time.perf_counter() - start:.1f} s")
+    root, categories, seconds = _generate(synthetic_mvtec.generate_dataset, synthetic_mvtec.CATEGORIES, args)
+    print(f"wrote {len(categories)} categories ({args.size} px, seed {args.seed}) to {root} in {seconds:.1f} s")
     return 0
 
 
 def _realistic(args: argparse.Namespace) -> int:
-    from memseg.data.surface_photos import CATEGORIES, METADATA_FILE, generate_dataset
+    from memseg.data import surface_photos
 
-    categories = args.categories or list(CATEGORIES)
+    root, categories, seconds = _generate(surface_photos.generate_dataset, surface_photos.CATEGORIES, args)
+    print(f"wrote {len(categories)} realistic categories ({args.size} px, seed {args.seed}) to {root} "
+          f"in {seconds:.1f} s; sources, licences and checksums in {root / surface_photos.METADATA_FILE}")
+    return 0
+
+
+def _generate(
+    generate: Callable[..., Path], all_categories: Sequence[str], args: argparse.Namespace
+) -> tuple[Path, list[str], float]:
+    """Run a dataset generator on the flags both `synth` and `realistic` take."""
+    categories = args.categories or list(all_categories)
     start = time.perf_counter()
-    root = generate_dataset(
+    root = generate(
         args.out, size=args.size, categories=categories, n_train=args.n_train, n_test_good=args.n_test_good,
         n_test_defect=args.n_test_defect, seed=args.seed,
     )
-    print(f"wrote {len(categories)} realistic categories ({args.size} px, seed {args.seed}) to {root} "
-          f"in {time.perf_counter() - start:.1f} s; sources, licences and checksums in {root / METADATA_FILE}")
-    return 0
+    return root, categories, time.perf_counter() - start
 
 
 def _download(args: argparse.Namespace) -> int:
