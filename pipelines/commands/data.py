@@ -73,16 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate a synthetic dataset in the MVTec AD layout under the 15 official category names.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    synth.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
-    synth.add_argument("--size", type=int, default=128, metavar="PX", help="square image size (default 128)")
-    synth.add_argument("--categories", nargs="+", metavar="NAME", help="subset of categories (default: all 15)")
-    synth.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good per category (default 40)")
-    synth.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good per category (default 8)")
-    synth.add_argument(
-        "--n-test-defect", type=int, default=12, metavar="N",
-        help="defective test images per category, dealt over its defect types (default 12)",
-    )
-    synth.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
+    _add_generator_args(synth, categories="all 15", n_test_defect=12)
     synth.set_defaults(handler=_synth)
 
     realistic = sub.add_parser(
@@ -91,16 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate the realistic benchmark in the MVTec AD layout: crops of real surface photographs "
         "as normal images, defects drawn independently of the training synthesis.",
     )
-    realistic.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
-    realistic.add_argument("--size", type=int, default=128, metavar="PX", help="square image size (default 128)")
-    realistic.add_argument("--categories", nargs="+", metavar="NAME", help="subset of categories (default: all five)")
-    realistic.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good per category (default 40)")
-    realistic.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good per category (default 8)")
-    realistic.add_argument(
-        "--n-test-defect", type=int, default=16, metavar="N",
-        help="defective test images per category, dealt over its four defect types (default 16)",
-    )
-    realistic.add_argument("--seed", type=int, default=0, help="same seed, same files byte for byte (default 0)")
+    _add_generator_args(realistic, categories="all five", n_test_defect=16)
     realistic.set_defaults(handler=_realistic)
 
     download = sub.add_parser(
@@ -133,6 +115,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(default: every folder under --root)")
     check.add_argument("--no-decode", action="store_true", help="only folders and file names, decode no image")
     check.set_defaults(handler=_check)
+
+
+def _add_generator_args(parser: argparse.ArgumentParser, *, categories: str, n_test_defect: int) -> None:
+    """The flags of the dataset generators (`synth`, `realistic`), read by :func:`_generate`."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
+    parser.add_argument("--size", type=int, default=128, metavar="PX", help="square image size (default 128)")
+    parser.add_argument("--categories", nargs="+", metavar="NAME", help=f"subset of categories (default: {categories})")
+    parser.add_argument("--n-train", type=int, default=40, metavar="N", help="train/good per category (default 40)")
+    parser.add_argument("--n-test-good", type=int, default=8, metavar="N", help="test/good per category (default 8)")
+    parser.add_argument(
+        "--n-test-defect", type=int, default=n_test_defect, metavar="N",
+        help=f"defective test images per category, dealt over its defect types (default {n_test_defect})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same files byte for byte (default 0)")
 
 
 def _synth(args: argparse.Namespace) -> int:
