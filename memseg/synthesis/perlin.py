@@ -146,9 +146,10 @@ def perlin_mask(rng: np.random.Generator, shape: tuple[int, int], cfg: Synthesis
 
     Draws the per-axis scale (see :func:`draw_scales`), generates the noise, rotates it by
     ``U[-perlin_rotation_deg, +perlin_rotation_deg]`` degrees about the centre (linear
-    interpolation, reflected border, so rotated corners are not forced to "normal"), and keeps the
-    pixels whose noise is above ``perlin_threshold``. With probability ``ridge_mask_probability`` it
-    keeps thin lines instead (:func:`_ridge_mask`, lattices of at most 8 cells per axis).
+    interpolation; the rotated-in corners are filled with 0, so they hold no anomaly, as in DRAEM's
+    and the authors' recipe), and keeps the pixels whose noise is above ``perlin_threshold``. With
+    probability ``ridge_mask_probability`` it keeps thin lines instead (:func:`_ridge_mask`,
+    lattices of at most 8 cells per axis).
 
     Args:
         rng: The only source of randomness (same seed, same mask).
@@ -168,20 +169,37 @@ def perlin_mask(rng: np.random.Generator, shape: tuple[int, int], cfg: Synthesis
     noise = perlin_noise(rng, (h, w), res)
     # Always draw the angle so the random stream does not depend on the rotation range.
     angle = float(rng.uniform(-cfg.perlin_rotation_deg, cfg.perlin_rotation_deg))
+    inside: np.ndarray | None = None
     if angle != 0.0:
         rot = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-        noise = cv2.warpAffine(noise, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        # 0 is below every threshold (perlin_threshold > 0), so the rotated-in corners are normal.
+        noise = cv2.warpAffine(
+            noise, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+        )
+        if ridge:
+            # For thin lines 0 is a zero crossing, i.e. a line: the corners are cut out explicitly,
+            # with the pixels that the rotation only partly covers.
+            covered = cv2.warpAffine(
+                np.ones((h, w), np.float32), rot, (w, h), flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+            )
+            inside = covered > np.float32(0.999)
     if ridge:
-        return _ridge_mask(rng, noise, cfg)
+        return _ridge_mask(rng, noise, cfg, inside)
     _, mask = cv2.threshold(noise, cfg.perlin_threshold, 1.0, cv2.THRESH_BINARY)
     return mask
 
 
-def _ridge_mask(rng: np.random.Generator, noise: np.ndarray, cfg: SynthesisConfig) -> np.ndarray:
+def _ridge_mask(
+    rng: np.random.Generator, noise: np.ndarray, cfg: SynthesisConfig, inside: np.ndarray | None = None
+) -> np.ndarray:
     """Thin lines: the pixels within ``ridge_mask_width`` of a zero crossing of ``noise``, kept only
     inside a coarse Perlin region so that a mask holds a few strokes rather than a network over the
-    whole image. Realistic defects are often thin (cracks, scratches), which thresholded blobs never
-    are (see docs/model.md, "Anomaly synthesis")."""
+    whole image, and only where ``inside`` (the pixels the rotation covers; None = all). Realistic
+    defects are often thin (cracks, scratches), which thresholded blobs never are (see docs/model.md,
+    "Anomaly synthesis")."""
     lines = np.abs(noise) < np.float32(cfg.ridge_mask_width)
+    if inside is not None:
+        lines &= inside
     region = perlin_noise(rng, (noise.shape[0], noise.shape[1]), (2, 2)) > np.float32(_RIDGE_REGION_THRESHOLD)
     return (lines & region).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -109,6 +110,50 @@ def test_rotation_changes_the_mask() -> None:
     a = perlin_mask(np.random.default_rng(11), (64, 64), base)
     b = perlin_mask(np.random.default_rng(11), (64, 64), rotated)
     assert not np.array_equal(a, b)
+
+
+def _replayed_angle(seed: int, shape: tuple[int, int], cfg: SynthesisConfig, *, ridge: bool) -> float:
+    """The rotation angle ``perlin_mask(default_rng(seed), shape, cfg)`` draws: its stream replayed."""
+    rng = np.random.default_rng(seed)
+    if ridge:
+        rng.random()  # the mask-kind draw
+    res = draw_scales(rng, shape, cfg)
+    if ridge:
+        res = (min(res[0], 8), min(res[1], 8))
+    perlin_noise(rng, shape, res)
+    return float(rng.uniform(-cfg.perlin_rotation_deg, cfg.perlin_rotation_deg))
+
+
+def _rotated_in(shape: tuple[int, int], angle: float, margin: float = 1.0) -> np.ndarray:
+    """Pixels whose source, before a rotation by ``angle`` about the centre, lies more than ``margin``
+    px outside the image: the corners a rotation brings in from beyond the border."""
+    h, w = shape
+    inverse = cv2.invertAffineTransform(cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    sx = inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2]
+    sy = inverse[1, 0] * x + inverse[1, 1] * y + inverse[1, 2]
+    return (sx < -margin) | (sx > w - 1 + margin) | (sy < -margin) | (sy > h - 1 + margin)
+
+
+@pytest.mark.parametrize("ridge", [False, True], ids=["blobs", "thin_lines"])
+def test_rotated_perlin_mask_has_no_anomaly_in_the_rotated_in_corners(ridge: bool) -> None:
+    shape = (64, 64)
+    # A threshold near 0 marks about half of the noise anomalous: a non-zero fill would show up.
+    cfg = SynthesisConfig(
+        perlin_rotation_deg=90.0, perlin_threshold=0.01, ridge_mask_probability=1.0 if ridge else 0.0,
+        ridge_mask_width=0.2,
+    )
+    corner_pixels, anomalous_elsewhere, near_45 = 0, 0.0, 0
+    for seed in range(16):
+        mask = perlin_mask(np.random.default_rng(seed), shape, cfg)
+        angle = _replayed_angle(seed, shape, cfg, ridge=ridge)
+        corners = _rotated_in(shape, angle)
+        assert not mask[corners].any(), (seed, angle)
+        corner_pixels += int(corners.sum())
+        anomalous_elsewhere += float(mask[~corners].sum())
+        near_45 += 30.0 < abs(angle) < 60.0
+    assert near_45 >= 2 and corner_pixels > 4 * shape[0] * shape[1] // 10  # the corners were large
+    assert anomalous_elsewhere > 0
 
 
 def test_scales_per_axis_in_range_and_independent() -> None:
