@@ -8,7 +8,7 @@ up1   512@8 -> 256                                            256@16
 db1   cat MSFF3 (256) -> 512 -> 256 -> 256                    256@16
 up2   256 -> 128; db2 cat MSFF2 (128) -> 256 -> 128 -> 128    128@32
 up3   128 -> 64;  db3 cat MSFF1 (64) -> 128 -> 64 -> 64       64@64
-up4   64 -> 32;   db4 cat stem bn1 (64) -> 96 -> 48 -> 48     48@128
+up4   64 -> 32;   db4 cat stem (64) -> 96 -> 48 -> 48         48@128
 up5   48 -> 48;   db5 48 -> 24 -> 24                          24@256
 final conv 24->24 + BN + ReLU, conv 24->2 (logits)            2@256
 ====  =====================================================  ============
@@ -48,7 +48,7 @@ class UNetDecoder(nn.Module):
         Args:
             bottom_channels: channels of the layer4 branch (512 for ResNet18).
             msff_channels: channels of MSFF1..MSFF3, finest first (``(64, 128, 256)``).
-            stem_channels: channels of the bn1 stem feature (64).
+            stem_channels: channels of the stem feature (64).
             num_classes: output channels (2: normal, anomaly).
         """
         super().__init__()
@@ -76,7 +76,7 @@ class UNetDecoder(nn.Module):
         Args:
             bottom: layer4 output ``(B, C4, H/32, W/32)``.
             msff: MSFF1..MSFF3 ``(B, C_k, H/r_k, W/r_k)``, finest first.
-            stem: bn1 feature ``(B, C0, H/2, W/2)``.
+            stem: the stem feature ``(B, C0, H/2, W/2)``, relu(bn1(conv1(x))).
             out_size: ``(H, W)`` of the input image.
 
         Returns:

@@ -1,8 +1,8 @@
 """The frozen, always-eval backbone feature extractor (the authors' ``Get_feature`` network).
 
-It supplies the stem output taken at ``bn1`` (after BN, before ReLU: ``(B, 64, H/2, W/2)`` for
-ResNet18) and the outputs of layer1, layer2 and layer3. These feed the memory comparison and the
-decoder's skip connections, so they must never drift: the parameters are frozen, the BN layers stay
+It supplies the stem output after ``bn1`` and its ReLU (``(B, 64, H/2, W/2)`` for ResNet18) and the
+outputs of layer1, layer2 and layer3. These feed the memory comparison and the decoder's skip
+connections, so they must never drift: the parameters are frozen, the BN layers stay
 in eval mode whatever ``train()`` says, and the forward pass runs under ``no_grad`` in float32 even
 under autocast (the memory bank was built in float32 from the very same pass).
 
@@ -175,10 +175,10 @@ def _unwrap_state_dict(loaded: Any) -> dict[str, Tensor] | None:
 
 
 class FrozenFeatureExtractor(nn.Module):
-    """Stem (at bn1), layer1, layer2 and layer3 of a frozen ResNet, always in eval mode.
+    """Stem (after bn1 and its ReLU), layer1, layer2 and layer3 of a frozen ResNet, always in eval mode.
 
     Attributes:
-        stem_channels: channels of the bn1 output (reduction 2).
+        stem_channels: channels of the stem output (reduction 2).
         level_channels: channels of layer1..layer3.
         level_reductions: spatial reductions of layer1..layer3 (4, 8, 16 for ResNet18).
     """
@@ -218,13 +218,14 @@ class FrozenFeatureExtractor(nn.Module):
             x: ImageNet-normalised images ``(B, 3, H, W)``.
 
         Returns:
-            ``stem`` ``(B, C0, H/2, W/2)`` taken after bn1 and before the ReLU, and
+            ``stem`` ``(B, C0, H/2, W/2)`` = relu(bn1(conv1(x))), non-negative, and
             ``[layer1, layer2, layer3]`` ``(B, Ck, H/rk, W/rk)``, all float32.
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
-            stem = self.bn1(self.conv1(x.float()))
-            # timm's act1 is an in-place ReLU: give it a copy so ``stem`` stays pre-activation.
-            out = self.maxpool(self.act1(stem.clone()))
+            # Post-ReLU, as the authors' decoder reads it: their hook keeps the tensor bn1 returns,
+            # which torchvision's in-place ReLU then overwrites (docs/model.md, "Encoder").
+            stem = self.act1(self.bn1(self.conv1(x.float())))
+            out = self.maxpool(stem)
             f1 = self.layer1(out)
             f2 = self.layer2(f1)
             f3 = self.layer3(f2)

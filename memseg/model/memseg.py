@@ -1,6 +1,6 @@
 """The MemSeg network, built to the authors' code (docs/model.md describes every part).
 
-``x`` in [0, 1] -> ImageNet normalisation (buffers) -> frozen extractor (stem at bn1, layer1..3)
+``x`` in [0, 1] -> ImageNet normalisation (buffers) -> frozen extractor (stem after bn1 + ReLU, layer1..3)
 -> memory module (CI_k, DI_k) -> spatial attention M_k -> MSFF (x M_k) ; frozen layer3 -> trainable
 layer4 -> U-Net decoder with skips [MSFF3, MSFF2, MSFF1, stem] -> logits ``(B, 2, H, W)``.
 Softmax channel 1 is the anomaly probability.

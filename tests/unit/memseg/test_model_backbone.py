@@ -31,12 +31,16 @@ def test_extractor_reads_channels_from_feature_info_and_matches_the_forward_pass
     assert extractor.stem_channels == 64
     assert extractor.level_channels == (64, 128, 256)
     assert extractor.level_reductions == (4, 8, 16)
-    stem, levels = extractor(torch.randn(2, 3, 64, 96))
+    x = torch.randn(2, 3, 64, 96)
+    stem, levels = extractor(x)
     assert stem.shape == (2, 64, 32, 48)
     for feat, c, r in zip(levels, extractor.level_channels, extractor.level_reductions, strict=True):
         assert feat.shape == (2, c, 64 // r, 96 // r)
-    # The stem is taken after BN and before the ReLU: it has negative values.
-    assert (stem < 0).any()
+    # The stem is relu(bn1(conv1(x))), as the authors' decoder reads it.
+    with torch.no_grad():
+        pre = extractor.bn1(extractor.conv1(x))
+    assert (pre < 0).any()
+    torch.testing.assert_close(stem, torch.relu(pre), rtol=0.0, atol=0.0)
     # A wider ResNet reports other channels, read from timm rather than hard-coded.
     wide = FrozenFeatureExtractor(create_backbone("resnet50", "none"))
     assert wide.level_channels == (256, 512, 1024)
