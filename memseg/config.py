@@ -138,10 +138,11 @@ class ModelConfig(_Section):
     memory_pooling: bool = Field(True, description="3x3 average pooling before the memory comparison (authors).")
     per_level_selection: bool = Field(True, description="Pick the closest memory sample per level (authors).")
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
-    head_init: Literal["normal", "default"] = Field(
-        "normal",
-        description="Init of MSFF and decoder: 'normal' = conv N(0, 0.02), BN weight N(1, 0.02); "
-        "'default' = PyTorch default init (what the authors' Init() leaves in effect, as it skips nested modules).",
+    head_init: Literal["default", "normal"] = Field(
+        "default",
+        description="Init of MSFF and decoder: 'default' = PyTorch's default init (what the authors' code runs: "
+        "their Init() skips nested modules); 'normal' = conv N(0, 0.02), BN weight N(1, 0.02), the values "
+        "their Init() names.",
     )
 
 

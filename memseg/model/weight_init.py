@@ -1,9 +1,9 @@
 """Weight initialisation of the trainable heads (MSFF and decoder).
 
-``normal`` (``model.head_init``): conv weights N(0, 0.02) and conv biases 0, BN weights N(1, 0.02) and
-biases 0, the values the authors' ``Init()`` names. Their ``Init()`` iterates its ``Sequential``
-containers rather than their modules, so it never matches a conv or BN and leaves PyTorch's default
-init in effect; ``default`` reproduces that. See docs/model.md, "Deviations from the authors' code".
+``default`` (``model.head_init``, the default) keeps PyTorch's initialisation, which is what the
+authors' code runs: their ``Init()`` iterates its ``Sequential`` containers rather than their modules,
+so it never matches a conv or BN. ``normal`` applies the values that ``Init()`` names: conv weights
+N(0, 0.02) and conv biases 0, BN weights N(1, 0.02) and biases 0. See docs/model.md, "Decoder".
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ def init_head_weights(module: nn.Module, scheme: str) -> None:
 
     Args:
         module: the head to initialise.
-        scheme: ``"normal"`` or ``"default"`` (keep PyTorch's init).
+        scheme: ``"default"`` (keep PyTorch's init) or ``"normal"``.
     """
     if scheme == "default":
         return
     if scheme != "normal":
-        msg = f"model.head_init: unknown scheme {scheme!r} (expected 'normal' or 'default')"
+        msg = f"model.head_init: unknown scheme {scheme!r} (expected 'default' or 'normal')"
         raise ValueError(msg)
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

@@ -7,10 +7,13 @@ import io
 import pytest
 import torch
 
+import memseg.model.memseg as memseg_network
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import ConfigError
 from memseg.loss import MemSegLoss
 from memseg.model import MemoryNotBuiltError, MemSeg, create_model
+from memseg.model.decoder import UNetDecoder
+from memseg.model.msff import MultiScaleFeatureFusion
 
 N_MEMORY = 2
 
@@ -147,3 +150,46 @@ def test_config_switches_reach_the_modules() -> None:
     )
     assert transistor.memory.diff_scale == 1000.0 and transistor.memory.feature_scale == 1.0
     assert transistor.memory_size == 30
+
+
+def test_decoder_reads_a_post_relu_stem() -> None:
+    model = _model(64).eval()
+    seen: list[torch.Tensor] = []
+    model.decoder.register_forward_pre_hook(lambda _module, args: seen.append(args[2]))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        pre_relu = model.extractor.bn1(model.extractor.conv1(model._normalise(x)))
+    (stem,) = seen
+    assert (pre_relu < 0).any()  # the ReLU has something to remove
+    assert float(stem.min()) >= 0.0 and (stem > 0).any()
+    torch.testing.assert_close(stem, torch.relu(pre_relu), rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("head_init", ["default", "normal"])
+def test_default_head_init_leaves_pytorchs_initial_weights(head_init: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The RNG state right before the heads are built, to build the same modules again outside MemSeg.
+    rng_states: list[torch.Tensor] = []
+
+    def recording_msff(*args: object, **kwargs: object) -> MultiScaleFeatureFusion:
+        rng_states.append(torch.get_rng_state())
+        return MultiScaleFeatureFusion(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(memseg_network, "MultiScaleFeatureFusion", recording_msff)
+    overrides = {} if head_init == "default" else {"model.head_init": head_init}
+    torch.manual_seed(0)
+    model = create_model(_config(**overrides))
+    channels = model.extractor.level_channels
+    torch.set_rng_state(rng_states[0])
+    fresh_msff = MultiScaleFeatureFusion(channels, fusion=True)
+    fresh_decoder = UNetDecoder(model.encoder.out_channels, channels, model.extractor.stem_channels)
+    same = [
+        torch.equal(value, fresh.state_dict()[name])
+        for built, fresh in ((model.msff, fresh_msff), (model.decoder, fresh_decoder))
+        for name, value in built.state_dict().items()
+    ]
+    if head_init == "default":
+        assert MemSegConfig().model.head_init == "default"
+        assert all(same)
+    else:  # the check above can tell a re-initialised head from PyTorch's
+        assert not all(same)
