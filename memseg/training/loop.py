@@ -5,7 +5,8 @@ Mixed precision: on CUDA the forward pass runs under bfloat16 autocast, not floa
 attention is an unnormalised product of three channel means of ``diff_scale * |difference|`` (see
 docs/model.md, "Spatial attention"), which easily exceeds float16's 65504 and would turn into inf;
 bfloat16 has float32's range. The loss is computed in float32, and no GradScaler is needed with
-bfloat16.
+bfloat16. Validation and test evaluations run in float32 whatever ``train.amp`` says
+(:func:`memseg.training.trainer.evaluate_set`).
 
 The step loop does not synchronise with the device except every ``train.log_interval`` steps (loss
 logging and the NaN check) and at evaluations: the loss sums (:class:`LossSums`) and the first
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
-    """bfloat16 autocast on CUDA when ``train.amp`` (see the module docstring), else nothing."""
+    """bfloat16 autocast of a training step on CUDA when ``train.amp`` (see the module docstring), else nothing."""
     if device.type == "cuda" and enabled:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()

@@ -57,7 +57,6 @@ from memseg.training.console import TrainProgress
 from memseg.training.loop import (
     DivergenceWatch,
     LossSums,
-    autocast_for,
     prepare_config,
     resolve_device,
     training_step,
@@ -529,11 +528,15 @@ def check_resume_config(cfg: MemSegConfig, payload: Mapping[str, Any], path: Pat
 def evaluate_set(
     model: MemSeg, data: EvalSet, cfg: MemSegConfig, device: torch.device, prefix: str, *, per_type: bool
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics (keys prefixed ``val_``/``test_``) and anomaly maps of ``model`` on ``data``, in eval mode."""
+    """Metrics (keys prefixed ``val_``/``test_``) and anomaly maps of ``model`` on ``data``, in eval mode.
+
+    Always float32, whatever ``train.amp`` and any autocast around the call: checkpoints are chosen
+    on the maps that ``memseg evaluate`` and ``memseg predict`` compute for them.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), autocast_for(device, cfg.train.amp):
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             metrics, maps = evaluate_model(
                 model, data.images, data.masks, data.labels, data.defect_types if per_type else None,
                 cfg.eval, device,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from memseg.config import MemSegConfig
 from memseg.errors import CheckpointError, TrainingDivergedError
+from memseg.inference import load_checkpoint, predict
 from memseg.metrics import keys
 from memseg.training import Callback, FitResult, TrainingCallback, fit
 from memseg.training.checkpoint import (
@@ -20,6 +23,8 @@ from memseg.training.checkpoint import (
     load_model_file,
     load_train_state,
 )
+from memseg.training.loop import prepare_config
+from memseg.training.trainer import Trainer
 
 # 24 train/good images: 2 memory + 4 validation + 18 training = 3 batches of 6 per epoch.
 TINY = {
@@ -193,3 +198,39 @@ def test_fit_on_cuda_uses_bf16_autocast_and_saves_cpu_tensors(synthetic_root: Pa
     assert keys.TEST_PIXEL_AUROC in result.test_metrics
     payload = load_model_file(result.best_checkpoint)
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
+
+
+def _validation_maps_and_predicts(
+    cfg: MemSegConfig, around: AbstractContextManager[object]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validation maps a trainer computes (inside ``around``) after 2 steps, and ``memseg
+    predict``'s fp32 maps of the same images from the checkpoint written for those weights."""
+    trainer = Trainer(prepare_config(cfg), progress=False)
+    trainer.train()  # 2 steps, then the validation that writes the checkpoint
+    with around:
+        evaluation = trainer.evaluate()
+    model, model_cfg = load_checkpoint(trainer.checkpoint_dir / MODEL_FILE, device=trainer.device)
+    images = [(image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8) for image in trainer.val_set.images]
+    served = np.stack([p.anomaly_map for p in predict(model, images, model_cfg, precision="fp32")])
+    return evaluation.maps, served
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_validation_maps_equal_predicts_fp32_maps_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synthetic_root, tmp_path / "run", **{"train.amp": True, "train.steps": 2, "train.eval_interval": 2})
+    # train.amp never autocasts on the CPU; a bf16 autocast around the evaluation stands in for it.
+    maps, served = _validation_maps_and_predicts(cfg, torch.autocast("cpu", dtype=torch.bfloat16))
+    assert maps.dtype == np.float32 and maps.shape == served.shape
+    np.testing.assert_allclose(maps, served, rtol=0.0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_validation_maps_equal_predicts_fp32_maps_on_cuda_with_amp(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        synthetic_root, tmp_path / "cuda",
+        **{"train.device": "cuda", "train.amp": True, "train.steps": 2, "train.eval_interval": 2},
+    )
+    maps, served = _validation_maps_and_predicts(cfg, nullcontext())
+    assert maps.dtype == np.float32 and maps.shape == served.shape
+    np.testing.assert_allclose(maps, served, rtol=0.0, atol=1e-5)
