@@ -137,6 +137,11 @@ class ModelConfig(_Section):
     feature_scale: float | None = Field(None, gt=0.0, description="o_scale on features. None = category default.")
     memory_pooling: bool = Field(True, description="3x3 average pooling before the memory comparison (authors).")
     per_level_selection: bool = Field(True, description="Pick the closest memory sample per level (authors).")
+    memory_match: Literal["aligned", "nearest"] = Field(
+        "aligned",
+        description="'aligned' = difference to the same location of the closest memory sample (authors); "
+        "'nearest' = to the closest memory feature at any location of any sample (for textures).",
+    )
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
     head_init: Literal["default", "normal"] = Field(
         "default",

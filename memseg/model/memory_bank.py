@@ -19,7 +19,7 @@ See docs/model.md, "Memory module".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,17 @@ from memseg.errors import MemSegError
 
 class MemoryNotBuiltError(MemSegError, RuntimeError):
     """The model was run before its memory bank was built (``MemSeg.build_memory``)."""
+
+
+# Rows x memory vectors of one distance block (128 MiB of float32): bounds the memory of ``nearest``
+# matching at any image size.
+_DISTANCE_BLOCK = 1 << 25
+
+
+def _nearest_rows(queries: Tensor, keys: Tensor) -> Tensor:
+    """Index of each query's nearest key (L2), computed in blocks of queries."""
+    step = max(1, _DISTANCE_BLOCK // max(1, keys.shape[0]))
+    return torch.cat([torch.cdist(queries[i : i + step], keys).argmin(dim=1) for i in range(0, queries.shape[0], step)])
 
 
 class MemoryComparison(NamedTuple):
@@ -57,6 +68,7 @@ class MemoryBank(nn.Module):
         feature_scale: float,
         pooling: bool = True,
         per_level_selection: bool = True,
+        match: Literal["aligned", "nearest"] = "aligned",
     ) -> None:
         """Create an empty bank.
 
@@ -66,6 +78,9 @@ class MemoryBank(nn.Module):
             feature_scale: ``o_scale``, multiplies the raw features in CI (``model.feature_scale``).
             pooling: 3x3 average pooling before the comparison (``model.memory_pooling``).
             per_level_selection: pick the nearest sample per level (``model.per_level_selection``).
+            match: ``aligned`` compares each location with the same location of the picked sample (the
+                authors'); ``nearest`` with the closest pooled feature vector at any location of any
+                sample (``model.memory_match``; docs/model.md, "Memory module").
         """
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -73,6 +88,7 @@ class MemoryBank(nn.Module):
         self.feature_scale = float(feature_scale)
         self.pooling = pooling
         self.per_level_selection = per_level_selection
+        self.match = match
         for k, c in enumerate(self.channels, start=1):
             self.register_buffer(f"level{k}", torch.zeros(0, c, 0, 0))
 
@@ -135,23 +151,44 @@ class MemoryBank(nn.Module):
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             raw = [f.float() for f in features]
             pooled = [self._pool(f) for f in raw]
-            # (B, N) L1 distances per level, without materialising (B, N, C, H, W).
-            distances = [
-                torch.cdist(p.flatten(1), m.flatten(1), p=1) for p, m in zip(pooled, self.levels, strict=True)
-            ]
-            if self.per_level_selection:
-                indices = torch.stack([d.argmin(dim=1) for d in distances], dim=1)
+            if self.match == "nearest":
+                indices, differences = self._nearest_differences(pooled)
             else:
-                joint = torch.stack(distances).sum(0).argmin(dim=1)
-                indices = joint[:, None].expand(-1, len(distances)).contiguous()
-            differences = [
-                (p - m.index_select(0, indices[:, k])).abs_().mul_(self.diff_scale)
-                for k, (p, m) in enumerate(zip(pooled, self.levels, strict=True))
-            ]
+                indices, differences = self._aligned_differences(pooled)
             concatenated = [
                 torch.cat([f * self.feature_scale, d], dim=1) for f, d in zip(raw, differences, strict=True)
             ]
         return MemoryComparison(concatenated, differences, indices)
+
+    def _aligned_differences(self, pooled: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        # (B, N) L1 distances per level, without materialising (B, N, C, H, W).
+        distances = [torch.cdist(p.flatten(1), m.flatten(1), p=1) for p, m in zip(pooled, self.levels, strict=True)]
+        if self.per_level_selection:
+            indices = torch.stack([d.argmin(dim=1) for d in distances], dim=1)
+        else:
+            joint = torch.stack(distances).sum(0).argmin(dim=1)
+            indices = joint[:, None].expand(-1, len(distances)).contiguous()
+        differences = [
+            (p - m.index_select(0, indices[:, k])).abs_().mul_(self.diff_scale)
+            for k, (p, m) in enumerate(zip(pooled, self.levels, strict=True))
+        ]
+        return indices, differences
+
+    def _nearest_differences(self, pooled: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        # Each location against every location of every sample: what stochastic textures (grass,
+        # gravel) need, where no memory sample lines up with the input pixel for pixel.
+        indices = []
+        differences = []
+        for p, m in zip(pooled, self.levels, strict=True):
+            b, c, h, w = p.shape
+            queries = p.permute(0, 2, 3, 1).reshape(-1, c)
+            keys = m.permute(0, 2, 3, 1).reshape(-1, c)
+            nearest = _nearest_rows(queries, keys)
+            matched = keys.index_select(0, nearest).reshape(b, h, w, c).permute(0, 3, 1, 2)
+            differences.append((p - matched).abs_().mul_(self.diff_scale))
+            # The sample that supplied most of an image's matches, for inspection only.
+            indices.append(torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1).mode(dim=1).values)
+        return torch.stack(indices, dim=1), differences
 
     def _check_levels(self, features: Sequence[Tensor], where: str) -> None:
         if len(features) != len(self.channels):

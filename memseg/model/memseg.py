@@ -79,6 +79,7 @@ class MemSeg(nn.Module):
             feature_scale=cfg.feature_scale,
             pooling=cfg.memory_pooling,
             per_level_selection=cfg.per_level_selection,
+            match=cfg.memory_match,
         )
         self.msff = MultiScaleFeatureFusion(channels, fusion=cfg.msff_fusion)
         self.decoder = UNetDecoder(self.encoder.out_channels, channels, self.extractor.stem_channels)

@@ -55,6 +55,45 @@ def test_matches_a_brute_force_loop_over_samples() -> None:
             torch.testing.assert_close(out.concatenated[level][b], expected_ci)
 
 
+def test_nearest_match_compares_each_location_with_the_closest_memory_vector_anywhere() -> None:
+    memory, batch = _features(4, seed=5), _features(2, seed=6)
+    bank = _bank(diff_scale=2.0, match="nearest")
+    bank.build(memory)
+    out = bank(batch)
+    for level, (x, m) in enumerate(zip(batch, memory, strict=True)):
+        px, pm = F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(m, 3, 1, 1)
+        keys = pm.permute(0, 2, 3, 1).reshape(-1, pm.shape[1])
+        for b in range(x.shape[0]):
+            for i in range(px.shape[2]):
+                for j in range(px.shape[3]):
+                    nearest = keys[((keys - px[b, :, i, j]) ** 2).sum(1).argmin()]
+                    expected = (px[b, :, i, j] - nearest).abs() * 2.0
+                    torch.testing.assert_close(out.differences[level][b, :, i, j], expected)
+
+
+def test_nearest_match_finds_a_pattern_moved_to_another_location_of_the_memory() -> None:
+    # A shifted copy of a memory sample: aligned comparison sees a difference, nearest matching none.
+    memory = _features(3, seed=7)
+    shifted = [torch.roll(m[1:2], shifts=(0, 1), dims=(2, 3)) for m in memory]
+    aligned, nearest = _bank(pooling=False), _bank(pooling=False, match="nearest")
+    aligned.build(memory)
+    nearest.build(memory)
+    assert all(di.abs().sum() > 0 for di in aligned(shifted).differences)
+    assert all(torch.count_nonzero(di) == 0 for di in nearest(shifted).differences)
+    assert nearest(shifted).indices.tolist() == [[1, 1, 1]]
+
+
+def test_nearest_match_in_small_blocks_gives_the_same_differences(monkeypatch: pytest.MonkeyPatch) -> None:
+    memory, batch = _features(4, seed=8), _features(3, seed=9)
+    bank = _bank(match="nearest")
+    bank.build(memory)
+    whole = bank(batch)
+    monkeypatch.setattr("memseg.model.memory_bank._DISTANCE_BLOCK", 7)
+    blocked = bank(batch)
+    for a, b in zip(whole.differences, blocked.differences, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_without_pooling_compares_raw_features() -> None:
     memory, batch = _features(4, seed=3), _features(2, seed=4)
     bank = _bank(pooling=False, diff_scale=1.0)
