@@ -31,6 +31,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+# The texture anomaly sources (memseg.synthesis.texture_source).
+TextureSourceName = Literal["dtd", "procedural"]
+
+
 class DataConfig(_Section):
     """Where the images come from and how they are split."""
 
@@ -52,8 +56,15 @@ class DataConfig(_Section):
         "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
         "checkpoint and trial selection do not reward fitting the training synthesis.",
     )
+    texture_source: TextureSourceName = Field(
+        "dtd",
+        description="Texture anomaly source: 'dtd' = images of the Describable Textures Dataset under "
+        "data.dtd_root (the paper's; training refuses to start without them); 'procedural' = generated "
+        "textures, no download (generated data, CI, demos), a different anomaly distribution from the paper's.",
+    )
     dtd_root: str | None = Field(
-        None, description="DTD root (holding images/<class>/*.jpg); None = procedural textures."
+        None, description="DTD root holding images/<class>/*.jpg (memseg data download dtd); used when "
+        "data.texture_source=dtd.",
     )
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes for training.")
     cache_images: bool = Field(True, description="Decode and resize every image once and keep it in memory.")

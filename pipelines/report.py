@@ -7,9 +7,10 @@ report can be written by anyone, any time after the sweep, on any machine that r
   time x the trial's resources from the sweep manifest), the winner's validation figures and its
   test figures (from the registered version's tags, measured once at registration), the chosen
   values of the search-space fields, the registered model, the test heat-map panels logged at
-  registration, and how well validation predicted test across the category's trials (the Spearman
+  registration, how well validation predicted test across the category's trials (the Spearman
   rho the sweep stage wrote to the parent run when the study ended, see
-  :data:`pipelines.schema.VAL_TEST_SPEARMAN`);
+  :data:`pipelines.schema.VAL_TEST_SPEARMAN`), and the texture source its anomaly synthesis used
+  (``data.texture_source``: DTD as in the paper, or generated textures), in the report's notes;
 * :mod:`pipelines.leaderboard` renders CSV/Markdown/HTML next to the paper's figures;
 * :mod:`pipelines.sweep_plots` rebuilds each category's Optuna study from its trial runs and draws
   it; the plots go to that category's parent run (``optuna/``), the leaderboard to every parent run
@@ -46,6 +47,8 @@ from sweeps.search_space import load_space
 
 log = logging.getLogger(__name__)
 
+TEXTURE_SOURCE = "data.texture_source"
+
 _STATE = {"finished": sweep_plots.COMPLETE, "pruned": sweep_plots.COMPLETE, "failed": sweep_plots.FAIL}
 
 
@@ -57,6 +60,7 @@ class CategoryReport:
     parent_run_id: str
     selection_metric: str
     plots: list[Path] = field(default_factory=list)
+    texture_source: str = ""
 
 
 @dataclass
@@ -161,7 +165,20 @@ def collect_category(
         study_name=f"{sweep_id}-{category}",
     )
     plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
-    return CategoryReport(result, parent.run_id, parent.selection_metric, plots)
+    texture = next((r.params[TEXTURE_SOURCE] for r in (best_run, *children) if r and TEXTURE_SOURCE in r.params), "")
+    return CategoryReport(result, parent.run_id, parent.selection_metric, plots, texture)
+
+
+def texture_source_note(categories: Sequence[CategoryReport]) -> str:
+    """The report's line on the texture source of each category's anomaly synthesis, grouped by source."""
+    by_source: dict[str, list[str]] = {}
+    for cat in categories:
+        by_source.setdefault(cat.texture_source or "not recorded", []).append(cat.result.category)
+    parts = [f"{source} ({', '.join(names)})" for source, names in sorted(by_source.items())]
+    return (
+        f"texture source of the training anomalies ({TEXTURE_SOURCE}; dtd = the paper's, procedural = "
+        f"generated textures, a different anomaly distribution): {'; '.join(parts)}"
+    )
 
 
 def _val_test_fields(parent: ParentRun) -> tuple[float, float, int, str]:
@@ -235,6 +252,7 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
         f"selected on {selected_on}; test = that trial's checkpoint on the test split, measured at "
         "registration (or when the study ended, for the val/test ρ) and never used for a choice",
         "CPU/GPU hours = trial run wall time x the trial's resources",
+        texture_source_note(categories),
     ]
     files = leaderboard.write_report([c.result for c in categories], out_dir, title=f"MemSeg sweep {sweep_id}",
                                      notes=notes)

@@ -49,6 +49,7 @@ METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO)
 # The learning test's CPU budget (tests/integration/test_learning.py), 200 steps.
 BASE = {
     "data.image_size": 128,
+    "data.texture_source": "procedural",  # no DTD download (--set data.texture_source=dtd --set data.dtd_root=DIR)
     "data.val_min_images": 6,
     "data.val_anomalies_per_image": 2,
     "model.backbone_weights": "none",

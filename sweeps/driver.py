@@ -61,6 +61,7 @@ from ray.tune.search.optuna import OptunaSearch
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import ConfigError, MemSegError
 from memseg.metrics.keys import STEP
+from memseg.synthesis import check_texture_source
 from sweeps.dataset import dataset_fingerprint, memory_pool_limit
 from sweeps.search_space import CategorySpace, load_space
 from sweeps.spec import ParamValue, SweepSpec, validate_spec
@@ -173,13 +174,16 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
     """Resolve every category's base config, bind the search space and fix the storage layout.
 
     Raises:
-        ConfigError: for an unknown search space, a missing category folder or a category too small
+        ConfigError: for an unknown search space, a texture source without its DTD images (naming
+            ``data.dtd_root``), a missing category folder or a category too small
             for its validation split.
     """
     categories = list(categories or spec.categories)
     space = load_space(spec.search.space)
     data_root = str(Path(spec.data.root).expanduser().resolve())
     base = spec.base_config().with_overrides({"data.root": data_root})
+    # Here rather than in every trial: a sweep without its DTD textures stops before it starts.
+    check_texture_source(base.data)
     storage = f"{absolute_storage(spec.storage.path).rstrip('/')}/{sweep_id}"
     plans = []
     for category in categories:

@@ -134,6 +134,8 @@ def bench_config(settings: BenchSettings, data_root: str | Path, **overrides: ob
         "data.root": str(data_root),
         "data.category": settings.category,
         "data.image_size": settings.size,
+        # The bench times whichever source it is given; without a DTD root it chooses generated textures.
+        "data.texture_source": "dtd" if settings.dtd_root else "procedural",
         "data.dtd_root": settings.dtd_root,
         "data.num_workers": 0,
         "model.backbone_weights": settings.weights,

@@ -110,7 +110,8 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
 
 
 def _anomaly_generator(cfg: MemSegConfig) -> AnomalyGenerator:
-    return AnomalyGenerator(cfg.synthesis, create_texture_source(cfg.data.dtd_root), cfg.data.category)
+    texture = create_texture_source(cfg.data.texture_source, cfg.data.dtd_root)
+    return AnomalyGenerator(cfg.synthesis, texture, cfg.data.category)
 
 
 def category_splits(cfg: MemSegConfig) -> tuple[CategoryFiles, Splits]:
@@ -355,6 +356,7 @@ def _val_key(samples: Sequence[Sample], cfg: MemSegConfig) -> tuple:
         tuple(str(s.path) for s in samples),
         cfg.data.image_size,
         cfg.data.category,
+        cfg.data.texture_source,
         cfg.data.dtd_root,
         cfg.data.val_anomalies_per_image,
         cfg.data.val_anomaly_source,

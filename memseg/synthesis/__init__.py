@@ -10,6 +10,7 @@ from memseg.synthesis.texture_source import (
     DTDTextureSource,
     ProceduralTextureSource,
     TextureSource,
+    check_texture_source,
     create_texture_source,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "ProceduralTextureSource",
     "TextureSource",
     "blend",
+    "check_texture_source",
     "create_texture_source",
     "foreground_for",
     "foreground_mask",

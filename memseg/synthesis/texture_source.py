@@ -1,17 +1,18 @@
-"""Texture anomaly sources: DTD images, or procedural textures when no DTD is at hand.
+"""Texture anomaly sources: DTD images, or procedural textures when a config chooses them.
 
 The paper (and TooTouch) paste a random image of the Describable Textures Dataset (``dtd/images/
 <class>/*.jpg``), resized to the image size, with no colour augmentation. :class:`DTDTextureSource`
 does that, decoding lazily and keeping resized images in a bounded in-memory LRU because JPEG
 decoding is the cost. :class:`ProceduralTextureSource` makes varied colour textures from nothing
 (fractal noise, warped stripes, checkers, ripples, each colour-mapped with a random palette), so
-training and tests run without downloading DTD; :func:`create_texture_source` picks one and says
-once per process in the log when procedural textures stand in for DTD.
+generated-data runs and tests need no download. ``data.texture_source`` chooses one;
+:func:`create_texture_source` builds it and :func:`check_texture_source` refuses a DTD choice
+without DTD images, so procedural textures never stand in for DTD unless asked for (see
+docs/model.md, "Anomaly synthesis").
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,13 +23,16 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from memseg.errors import DatasetLayoutError, ImageReadError
+from memseg.config import DataConfig, TextureSourceName
+from memseg.errors import ConfigError, DatasetLayoutError, ImageReadError
 from memseg.synthesis.perlin import perlin_noise
 
-logger = logging.getLogger(__name__)
-
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-_announced_procedural = False  # per process: a forked DataLoader worker inherits it, a spawned one says it once
+_HOW_TO_GET_DTD = (
+    "get DTD with `memseg data download dtd --to DIR` and set data.dtd_root to the folder it prints "
+    "(the one holding images/<class>/*.jpg), or choose generated textures explicitly with "
+    "data.texture_source=procedural (not the paper's anomaly distribution)"
+)
 
 
 @runtime_checkable
@@ -199,18 +203,35 @@ def _palette(rng: np.random.Generator) -> np.ndarray:
     return np.rint(lut).astype(np.uint8).reshape(256, 1, 3)
 
 
-def create_texture_source(dtd_root: str | Path | None) -> TextureSource:
-    """DTD textures when a root is given, procedural textures otherwise (said once per process in the log).
+def create_texture_source(source: TextureSourceName, dtd_root: str | Path | None = None) -> TextureSource:
+    """The texture source ``data.texture_source`` names: ``dtd`` (images under ``dtd_root``) or ``procedural``.
 
     Raises:
-        DatasetLayoutError: the DTD root holds no ``images/<class>/*.jpg``.
+        ConfigError: ``dtd`` without a ``dtd_root`` or with one that holds no DTD images (naming
+            ``data.dtd_root`` and how to get DTD), or an unknown source.
     """
-    global _announced_procedural
-    if dtd_root is not None and str(dtd_root) != "":
-        return DTDTextureSource(dtd_root)
-    if not _announced_procedural:
-        _announced_procedural = True
-        logger.warning(
-            "No DTD path given (data.dtd_root): texture anomalies use procedural textures instead of DTD images."
+    if source == "procedural":
+        return ProceduralTextureSource()
+    if source != "dtd":
+        msg = f"data.texture_source: expected 'dtd' or 'procedural', got {source!r}"
+        raise ConfigError(msg)
+    if dtd_root is None or str(dtd_root) == "":
+        msg = (
+            "data.dtd_root: not set, and data.texture_source is 'dtd' (the default, the paper's source); "
+            f"{_HOW_TO_GET_DTD}"
         )
-    return ProceduralTextureSource()
+        raise ConfigError(msg)
+    try:
+        return DTDTextureSource(dtd_root)
+    except DatasetLayoutError as exc:
+        msg = f"data.dtd_root: {dtd_root} holds no DTD images (expected images/<class>/*.jpg); {_HOW_TO_GET_DTD}"
+        raise ConfigError(msg) from exc
+
+
+def check_texture_source(data: DataConfig) -> None:
+    """Refuse, before any training work, a config whose texture source cannot be built.
+
+    Raises:
+        ConfigError: as :func:`create_texture_source`.
+    """
+    create_texture_source(data.texture_source, data.dtd_root)

@@ -99,13 +99,20 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_payload(payload: Mapping[str, Any], path: str | Path = "<checkpoint>") -> MemSegConfig:
-    """The :class:`MemSegConfig` stored in a model payload (fields in ``RETIRED_CONFIG_FIELDS`` ignored)."""
+    """The :class:`MemSegConfig` stored in a model payload (fields in ``RETIRED_CONFIG_FIELDS`` ignored).
+
+    A config saved before ``data.texture_source`` existed gets the source it was trained with:
+    ``dtd`` when it names a ``data.dtd_root``, else ``procedural`` (what a missing root meant then).
+    """
     tree = payload["config"]
     if isinstance(tree, Mapping):
         tree = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
         for section, name in RETIRED_CONFIG_FIELDS:
             if isinstance(tree.get(section), dict):
                 tree[section].pop(name, None)
+        data = tree.get("data")
+        if isinstance(data, dict) and "texture_source" not in data:
+            data["texture_source"] = "dtd" if data.get("dtd_root") else "procedural"
     try:
         return MemSegConfig.model_validate(tree)
     except Exception as exc:  # pydantic's error, re-raised naming the file

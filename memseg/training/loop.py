@@ -25,12 +25,18 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import ConfigError, TrainingDivergedError
+from memseg.synthesis import check_texture_source
 
 
 def prepare_config(cfg: MemSegConfig) -> MemSegConfig:
-    """Category defaults filled in, ``data.root``/``data.dtd_root``/``train.output_dir`` absolute.
+    """Category defaults filled in, ``data.root``/``data.dtd_root``/``train.output_dir`` absolute, and
+    the texture source checked.
 
     Absolute paths matter because Ray Tune runs each trial in its own working directory.
+
+    Raises:
+        ConfigError: ``data.texture_source=dtd`` without DTD images under ``data.dtd_root``
+            (:func:`~memseg.synthesis.check_texture_source`), before any training work.
     """
     cfg = resolve_for_category(cfg)
     changes: dict[str, str] = {
@@ -39,7 +45,9 @@ def prepare_config(cfg: MemSegConfig) -> MemSegConfig:
     }
     if cfg.data.dtd_root:
         changes["data.dtd_root"] = str(Path(cfg.data.dtd_root).expanduser().resolve())
-    return cfg.with_overrides(changes)
+    cfg = cfg.with_overrides(changes)
+    check_texture_source(cfg.data)
+    return cfg
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,7 +18,9 @@ eval.selection_metric is kept, and at the end that checkpoint is evaluated once 
 
 EPILOG = """\
 Useful --set keys (all fields: see memseg/config.py):
-  data.root=DIR  data.category=NAME  data.image_size=256  data.num_workers=4  data.dtd_root=DIR
+  data.root=DIR  data.category=NAME  data.image_size=256  data.num_workers=4
+  data.dtd_root=DIR (memseg data download dtd; required by the default data.texture_source=dtd)
+  data.texture_source=procedural (generated textures instead of DTD: not the paper's anomalies)
   train.steps=2700  train.batch_size=8  train.eval_interval=100  train.device=auto|cpu|cuda
   train.seed=42  optim.optimizer=sgd|adamw  optim.lr=0.04  optim.warmup_fraction=0.1
   model.backbone_weights=imagenet|none|/path/to/resnet18.pth  model.memory_size=30
@@ -33,7 +35,8 @@ Output (under --output-dir, default train.output_dir):
 Example (a generated dataset, CPU, a few minutes):
   memseg data synth --out data/synthetic --size 128
   memseg train --set data.root=data/synthetic --set data.category=carpet --set data.image_size=128 \\
-      --set model.backbone_weights=none --set train.steps=300 --set train.eval_interval=50
+      --set data.texture_source=procedural --set model.backbone_weights=none --set train.steps=300 \\
+      --set train.eval_interval=50
 """
 
 

@@ -48,6 +48,7 @@ SIZE = 128
 # CPU budget: few steps, a small memory, a random frozen backbone.
 LEARNING = {
     "data.image_size": SIZE,
+    "data.texture_source": "procedural",
     "data.val_min_images": 6,
     "data.val_anomalies_per_image": 2,
     "model.backbone_weights": "none",

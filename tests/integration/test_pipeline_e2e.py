@@ -256,6 +256,9 @@ def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) ->
         assert rows.loc[category, "diff_image_auroc"] == pytest.approx(
             rows.loc[category, "test_image_auroc"] - rows.loc[category, "paper_image_auroc"])
     assert report.files.html.read_text().count("data:image/png;base64,") >= len(categories)
+    # The smoke spec chooses generated textures explicitly; the report says which source each category used.
+    note = next(line for line in report.files.markdown.read_text().splitlines() if "texture source" in line)
+    assert note.rsplit(": ", 1)[1] == f"procedural ({', '.join(c.result.category for c in report.categories)})"
     client = mlflow.MlflowClient(scenario["uri"])
     for cat in report.categories:
         logged = {a.path for a in client.list_artifacts(cat.parent_run_id, "report")}

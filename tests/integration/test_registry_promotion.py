@@ -69,7 +69,7 @@ def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: p
         MemSegConfig().with_overrides(
             {
                 "data.root": str(synthetic_root), "data.category": CATEGORY, "data.image_size": 64,
-                "model.backbone_weights": "none", "model.memory_size": 2, "eval.batch_size": 8,
+                "data.texture_source": "procedural", "model.backbone_weights": "none", "model.memory_size": 2, "eval.batch_size": 8,
             }
         )
     )

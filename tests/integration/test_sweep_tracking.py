@@ -150,6 +150,8 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     assert run.data.tags[schema.TAG_FINGERPRINT] == plan.dataset_fingerprint
     assert run.data.params["data.category"] == "bottle"
     assert run.data.params["synthesis.perlin_threshold"] == "0.5"
+    assert run.data.params["data.texture_source"] == "procedural"  # the smoke spec's explicit choice
+    assert parent.data.params["data.texture_source"] == "procedural"
     assert children["t_00001"].data.params["synthesis.perlin_threshold"] == "0.45"
     assert "train.output_dir" not in run.data.params
     history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")

@@ -272,7 +272,7 @@ def test_train_loader_workers_start_after_opencv_work(tmp_path: Path) -> None:
 
         cfg = resolve_for_category(MemSegConfig().with_overrides({{
             "data.root": {str(root)!r}, "data.category": "carpet", "data.image_size": 64,
-            "data.num_workers": 1, "model.memory_size": 2, "train.batch_size": 4}}))
+            "data.texture_source": "procedural", "data.num_workers": 1, "model.memory_size": 2, "train.batch_size": 4}}))
         a = np.random.rand(256, 256).astype(np.float32)
         rot = cv2.getRotationMatrix2D((128, 128), 30, 1.0)
         for _ in range(50):

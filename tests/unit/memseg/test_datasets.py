@@ -60,6 +60,7 @@ def cfg(tmp_path: Path) -> MemSegConfig:
             "data.root": str(root),
             "data.category": "carpet",
             "data.image_size": SIZE,
+            "data.texture_source": "procedural",
             "data.val_min_images": 3,
             "model.memory_size": 3,
             "train.batch_size": 8,
@@ -164,7 +165,7 @@ def test_worker_seeding_differs_per_worker_and_repeats_per_seed(cfg: MemSegConfi
     assert not torch.equal(img_w0[0], img_w1[0])
 
     # Worker 0's first draw is exactly the generator fed with worker_rng(seed, 0, 0).
-    generator = AnomalyGenerator(cfg.synthesis, create_texture_source(None), "carpet")
+    generator = AnomalyGenerator(cfg.synthesis, create_texture_source("procedural"), "carpet")
     expected_img, expected_mask = generator(np.array(dataset.image(0)), worker_rng(cfg.train.seed, 0, 0))
     assert torch.equal(mask_w0[0], torch.from_numpy(expected_mask))
     assert torch.equal(img_w0[0], ds.to_tensor(expected_img))

@@ -105,7 +105,8 @@ def test_bf16_precision_runs_the_head_in_bf16_and_stays_close(tiny: tuple[MemSeg
         hook.remove()
     assert seen == [torch.float32, torch.bfloat16]
     assert bf16.dtype == np.float32 and bf16.min() >= 0.0 and bf16.max() <= 1.0
-    assert np.abs(bf16 - fp32).max() < 0.01  # measured ~2e-3 here
+    # Measured ~1.7e-2 here: PyTorch's default head init gives this untrained model logits up to ~2.
+    assert np.abs(bf16 - fp32).max() < 0.04
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
         predict_maps(model, images, batch_size=4, precision="fp16")
 
@@ -219,6 +220,24 @@ def test_checkpoint_written_with_a_retired_config_field_still_loads(
         load_checkpoint(tmp_path / "unknown.pt")
 
 
+def test_checkpoint_saved_before_texture_source_existed_loads_and_predicts(
+    tiny: tuple[MemSeg, MemSegConfig], tmp_path: Path
+) -> None:
+    model, cfg = tiny
+    for dtd_root, expected in ((None, "procedural"), ("/nowhere/dtd", "dtd")):
+        payload = _payload(model, cfg)
+        del payload["config"]["data"]["texture_source"]
+        payload["config"]["data"]["dtd_root"] = dtd_root
+        payload["config"]["model"]["head_init"] = "normal"  # what earlier versions stored by default
+        torch.save(payload, tmp_path / "earlier.pt")
+        loaded, loaded_cfg = load_checkpoint(tmp_path / "earlier.pt")
+        # The source it was trained with; loading a model never needs DTD, even when it was trained on it.
+        assert loaded_cfg.data.texture_source == expected
+        assert loaded_cfg.model.head_init == "normal"
+        (prediction,) = predict(loaded, [np.zeros((SIZE, SIZE, 3), np.uint8)], loaded_cfg)
+        assert prediction.anomaly_map.shape == (SIZE, SIZE)
+
+
 # ---- prediction -----------------------------------------------------------------------------------
 
 
@@ -231,8 +250,9 @@ def test_predict_resizes_back_and_scores_at_model_size(tiny: tuple[MemSeg, MemSe
     preds = predict(model, [square, wide, gray], cfg)
     assert [p.anomaly_map.shape for p in preds] == [(SIZE, SIZE), (50, 90), (70, 40)]
     maps = predict_maps(model, square[None], 1)
-    assert preds[0].score == pytest.approx(float(image_scores(maps, cfg.eval.top_k)[0]), abs=1e-6)
-    np.testing.assert_allclose(preds[0].anomaly_map, maps[0], atol=1e-6)
+    # Another batch composition moves float32 results by ~2e-6 (oneDNN picks kernels per batch).
+    assert preds[0].score == pytest.approx(float(image_scores(maps, cfg.eval.top_k)[0]), abs=1e-5)
+    np.testing.assert_allclose(preds[0].anomaly_map, maps[0], atol=1e-5)
 
 
 def _write_folder(root: Path) -> None:

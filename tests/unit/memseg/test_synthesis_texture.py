@@ -1,8 +1,7 @@
-"""Texture sources: DTD folder, procedural fallback, and the factory's one-time log."""
+"""Texture sources: DTD folder, procedural textures, and the factory that data.texture_source drives."""
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -10,12 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from memseg.errors import DatasetLayoutError, ImageReadError
-from memseg.synthesis import texture_source as ts
+from memseg.config import DataConfig
+from memseg.errors import ConfigError, DatasetLayoutError, ImageReadError
 from memseg.synthesis.texture_source import (
     DTDTextureSource,
     ProceduralTextureSource,
     TextureSource,
+    check_texture_source,
     create_texture_source,
 )
 
@@ -82,9 +82,6 @@ def test_dtd_without_images_names_the_folder(tmp_path: Path) -> None:
     (empty / "images" / "banded").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match=re.escape(str(empty / "images"))):
         DTDTextureSource(empty)
-    missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetLayoutError, match=re.escape(str(missing / "images"))):
-        create_texture_source(missing)
 
 
 def test_dtd_corrupt_jpeg_names_the_file(tmp_path: Path) -> None:
@@ -117,15 +114,27 @@ def test_procedural_is_seeded_and_handles_odd_sizes() -> None:
     np.testing.assert_array_equal(a, b)
 
 
-def test_factory_picks_source_and_logs_procedural_once(
-    dtd_root: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ts, "_announced_procedural", False)
-    with caplog.at_level(logging.INFO, logger=ts.__name__):
-        assert isinstance(create_texture_source(dtd_root), DTDTextureSource)
-        assert isinstance(create_texture_source(None), ProceduralTextureSource)
-        assert isinstance(create_texture_source(None), ProceduralTextureSource)
-        assert isinstance(create_texture_source(""), ProceduralTextureSource)
-    notes = [r for r in caplog.records if "procedural" in r.getMessage()]
-    assert len(notes) == 1
-    assert "dtd_root" in notes[0].getMessage()
+def test_factory_builds_the_source_the_config_names(dtd_root: Path) -> None:
+    assert isinstance(create_texture_source("dtd", dtd_root), DTDTextureSource)
+    assert isinstance(create_texture_source("procedural"), ProceduralTextureSource)
+    assert isinstance(create_texture_source("procedural", dtd_root), ProceduralTextureSource)
+    check_texture_source(DataConfig(texture_source="dtd", dtd_root=str(dtd_root)))
+    check_texture_source(DataConfig(texture_source="procedural"))
+
+
+@pytest.mark.parametrize("root", [None, "", "nowhere", "empty"])
+def test_dtd_source_without_dtd_images_is_refused_naming_dtd_root(root: str | None, tmp_path: Path) -> None:
+    # No silent procedural stand-in: the default source is DTD, and it needs the images.
+    if root in ("nowhere", "empty"):
+        root = str(tmp_path / root)
+        if root.endswith("empty"):
+            (Path(root) / "images" / "banded").mkdir(parents=True)
+    assert DataConfig(dtd_root=root).texture_source == "dtd"
+    for refuse in (lambda: check_texture_source(DataConfig(dtd_root=root)), lambda: create_texture_source("dtd", root)):
+        with pytest.raises(ConfigError) as info:
+            refuse()
+        message = str(info.value)
+        assert message.startswith("data.dtd_root:")
+        assert "memseg data download dtd" in message and "data.texture_source=procedural" in message
+        if root:
+            assert root in message

@@ -20,6 +20,7 @@ def _cfg(root: Path) -> MemSegConfig:
                 "data.root": str(root),
                 "data.category": "carpet",
                 "data.image_size": 64,
+                "data.texture_source": "procedural",
                 "model.backbone_weights": "none",
                 "model.memory_size": 4,
             }

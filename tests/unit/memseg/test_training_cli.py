@@ -17,7 +17,7 @@ def test_train_command_trains_and_says_where_the_results_are(
     out = tmp_path / "run"
     sets = [
         f"data.root={synthetic_root}", "data.category=bottle", "data.image_size=64", "data.val_anomalies_per_image=1",
-        "model.backbone_weights=none", "model.memory_size=2", "train.batch_size=4", "train.steps=2",
+        "data.texture_source=procedural", "model.backbone_weights=none", "model.memory_size=2", "train.batch_size=4", "train.steps=2",
         "train.eval_interval=2", "eval.heatmap_samples=1",
     ]
     argv = ["train", "--output-dir", str(out), "--no-progress"]
@@ -39,6 +39,18 @@ def test_train_command_trains_and_says_where_the_results_are(
 def test_train_command_names_a_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--set", "optim.learning_rate=0.1", "--output-dir", str(tmp_path)]) == 1
     assert "optim.learning_rate: unknown key" in capsys.readouterr().err
+
+
+def test_train_command_without_dtd_names_dtd_root(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [f"data.root={synthetic_root}", "data.category=bottle", "data.image_size=64", "model.backbone_weights=none"]
+    argv = ["train", "--output-dir", str(tmp_path), "--no-progress"]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "data.dtd_root: not set" in err and "data.texture_source=procedural" in err
 
 
 def test_train_help_lists_the_useful_keys(capsys: pytest.CaptureFixture[str]) -> None:

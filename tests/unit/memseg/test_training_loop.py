@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memseg.config import MemSegConfig
-from memseg.errors import CheckpointError, TrainingDivergedError
+from memseg.errors import CheckpointError, ConfigError, TrainingDivergedError
 from memseg.inference import load_checkpoint, predict
 from memseg.metrics import keys
 from memseg.training import Callback, FitResult, TrainingCallback, fit
@@ -29,6 +29,7 @@ from memseg.training.trainer import Trainer
 # 24 train/good images: 2 memory + 4 validation + 18 training = 3 batches of 6 per epoch.
 TINY = {
     "data.category": "carpet",
+    "data.texture_source": "procedural",
     "data.image_size": 64,
     "data.val_anomalies_per_image": 1,
     "model.backbone_weights": "none",
@@ -64,6 +65,16 @@ class Recorder:
         state = torch.load(checkpoint_dir / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
         assert state["step"] == step
         self.calls.append((step, dict(metrics), files))
+
+
+class StepCounter(Callback):
+    """Records every step the run starts."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = steps
+
+    def on_step(self, step: int) -> None:
+        self.steps.append(step)
 
 
 class FailAt(Callback):
@@ -128,6 +139,21 @@ def test_fit_checkpoints_calls_back_and_reports_val_and_test(synthetic_root: Pat
 
     model, _ = load_checkpoint(result.best_checkpoint)
     assert model.memory_size == 2
+
+
+def test_training_without_dtd_images_fails_at_start_naming_dtd_root(synthetic_root: Path, tmp_path: Path) -> None:
+    # A paper-like config: the default texture source (DTD) and no data.dtd_root, or one without images.
+    paper_like = {k: v for k, v in TINY.items() if k != "data.texture_source"}
+    for name, root in (("unset", None), ("empty", str(tmp_path / "no_dtd_here"))):
+        out = tmp_path / name
+        cfg = MemSegConfig().with_overrides(
+            {**paper_like, "data.root": str(synthetic_root), "train.output_dir": str(out), "data.dtd_root": root}
+        )
+        assert cfg.data.texture_source == "dtd"
+        steps: list[int] = []
+        with pytest.raises(ConfigError, match=r"^data\.dtd_root: .*memseg data download dtd.*data\.texture_source=procedural"):
+            fit(cfg, callbacks=[StepCounter(steps)], progress=False)
+        assert steps == [] and not (out / "checkpoints").exists()
 
 
 @pytest.mark.usefixtures("torch_threads")

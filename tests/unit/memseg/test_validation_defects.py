@@ -120,7 +120,7 @@ def test_bad_painter_arguments_are_errors() -> None:
 def carpet_cfg(synthetic_root: Path) -> MemSegConfig:
     cfg = MemSegConfig().with_overrides({
         "data.root": str(synthetic_root), "data.category": "carpet", "data.image_size": SIZE,
-        "data.val_min_images": 4, "model.memory_size": 4,
+        "data.texture_source": "procedural", "data.val_min_images": 4, "model.memory_size": 4,
     })
     return resolve_for_category(cfg)
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.leaderboard import CategoryResult, build_table, render_markdown, write_report
 from pipelines.paper_results import PAPER_MEAN_IMAGE_AUROC, PAPER_MEAN_PIXEL_AUROC, paper_categories, paper_figures
+from pipelines.report import CategoryReport, texture_source_note
 
 
 def _bottle() -> CategoryResult:
@@ -104,3 +105,12 @@ def test_val_test_rho_columns_and_the_reason_listed_under_the_table(tmp_path: Pa
     back = pd.read_csv(files.csv)
     assert back.loc[1, "val_test_reason"] == "fewer than 3 trials with a validation figure: 2"
     assert back.loc[0, "val_test_rho_aupro"] == pytest.approx(-0.2)
+
+
+def test_report_notes_the_texture_source_of_each_category() -> None:
+    sources = {"bottle": "procedural", "carpet": "dtd", "grid": "", "tile": "procedural"}
+    note = texture_source_note(
+        [CategoryReport(CategoryResult(c), "run", "val_pixel_auroc", texture_source=s) for c, s in sources.items()]
+    )
+    assert note.startswith("texture source of the training anomalies (data.texture_source;")
+    assert note.endswith(": dtd (carpet); not recorded (grid); procedural (bottle, tile)")

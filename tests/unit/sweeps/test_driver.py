@@ -57,6 +57,20 @@ def test_missing_category_folder_names_it(spec) -> None:
         driver.plan_sweep(spec, "sid", ["zipper"])
 
 
+@pytest.mark.parametrize("dtd_root", [None, "paper.yaml's"])
+def test_paper_sweep_without_dtd_images_stops_at_planning_naming_dtd_root(
+    dtd_root: str | None, synthetic_root: Path, tmp_path: Path
+) -> None:
+    paper = load_sweep_spec("paper").with_changes({"data.root": str(synthetic_root), "storage.path": str(tmp_path)})
+    if dtd_root is None:
+        paper = paper.with_changes({"base.data.dtd_root": None})
+    # This machine has no /mnt/cluster_storage: paper.yaml's DTD root holds no images here.
+    assert paper.base_config().data.texture_source == "dtd"
+    with pytest.raises(ConfigError, match=r"^data\.dtd_root: .*data\.texture_source=procedural"):
+        driver.plan_sweep(paper, "sid", ["bottle"])
+    assert not (tmp_path / "sid").exists()
+
+
 def test_trainables_have_one_name_per_category(spec) -> None:
     plans = driver.plan_sweep(spec, "sid")
     fns = [make_trainable(p.category, p.base_config) for p in plans]

@@ -39,6 +39,13 @@ def test_paper_spec_uses_gpu_and_imagenet_weights() -> None:
     assert spec.search.num_samples >= 32
 
 
+def test_paper_spec_trains_on_dtd_and_generated_data_specs_choose_procedural_textures() -> None:
+    paper = load_sweep_spec("paper").base_config().data
+    assert (paper.texture_source, paper.dtd_root) == ("dtd", "/mnt/cluster_storage/datasets/dtd")
+    for name in ("smoke", "demo"):
+        assert load_sweep_spec(name).base_config().data.texture_source == "procedural"
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(text)
