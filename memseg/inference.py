@@ -54,7 +54,8 @@ class Prediction:
 
     Attributes:
         score: image anomaly score (top-k mean at the model's resolution), in [0, 1].
-        anomaly_map: float32 ``(H, W)`` in [0, 1], at the input image's own size.
+        anomaly_map: float32 ``(H, W)`` in [0, 1], at the input image's own size (or at the model's
+            resolution, see :func:`predict`'s ``full_size``).
     """
 
     score: float
@@ -168,6 +169,7 @@ def predict(
     device: str | torch.device | None = None,
     *,
     precision: str = "fp32",
+    full_size: bool = True,
 ) -> list[Prediction]:
     """Score images of any size.
 
@@ -178,9 +180,12 @@ def predict(
         device: where to run; None = where the model is.
         precision: ``fp32`` (default; what evaluation uses) or ``bf16``
             (:func:`memseg.evaluation.inference_autocast`).
+        full_size: True (default): each map is resized to its image's own size; False: maps stay
+            at the model's resolution, ``data.image_size`` square (what a server returns by
+            default, so a large image does not make a large answer).
 
     Returns:
-        One :class:`Prediction` per image, maps at each image's own size.
+        One :class:`Prediction` per image.
     """
     rgb = [to_rgb_u8(im) for im in images_u8]
     if not rgb:
@@ -192,7 +197,7 @@ def predict(
     out = []
     for image, anomaly_map, score in zip(rgb, maps, scores, strict=True):
         h, w = image.shape[:2]
-        if (h, w) != anomaly_map.shape:
+        if full_size and (h, w) != anomaly_map.shape:
             anomaly_map = cv2.resize(anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
         out.append(Prediction(float(score), np.clip(anomaly_map, 0.0, 1.0).astype(np.float32, copy=False)))
     return out
