@@ -34,6 +34,7 @@ from typing import TextIO
 
 from memseg.errors import ConfigError, MemSegError
 from pipelines import promotion, registry, report
+from pipelines.leaderboard import format_value
 from pipelines.promotion import PromotionOutcome, PromotionPolicy
 from pipelines.registry import Registration
 from pipelines.report import SweepReport
@@ -205,8 +206,11 @@ def run_pipeline(
 
 
 def format_summary(result: PipelineResult) -> str:
-    """Best config and selection metric per category, where the report is and how to open the MLflow UI."""
+    """What produced the figures, the selection metric and the chosen values that differ from the
+    defaults per category, where the report is and how to open the MLflow UI."""
     lines = [f"\npipeline done: sweep {result.sweep_id}"]
+    if result.report is not None:
+        lines += [f"  {line}" for line in result.report.provenance]
     for cat in result.report.categories if result.report else []:
         r = cat.result
         sel = cat.selection_metric
@@ -219,7 +223,8 @@ def format_summary(result: PipelineResult) -> str:
         champion = f", champion v{promo.champion_after}" if promo and promo.champion_after else ""
         lines.append(f"  {r.category}: {best}{test_text}  trial {r.best_trial}  {r.model}{champion}")
         for key, value in sorted(r.params.items()):
-            lines.append(f"      {key} = {value:.4g}" if isinstance(value, float) else f"      {key} = {value}")
+            if key in r.defaults:  # the full configuration is in the report
+                lines.append(f"      {key} = {format_value(value)} (default {format_value(r.defaults[key])})")
     for category, error in result.errors.items():
         lines.append(f"  {category}: FAILED: {error}")
     if result.report is not None:

@@ -1,4 +1,4 @@
-"""The leaderboard of a sweep: one row per category, ours beside the paper's.
+"""The leaderboard of a sweep: one row per category, ours beside the paper's where they compare.
 
 Pure: takes plain :class:`CategoryResult` records (``pipelines.report`` reads them from MLflow)
 and renders one pandas table three ways: CSV (machine-readable, full precision), Markdown and a
@@ -6,7 +6,11 @@ self-contained HTML page with the heat-map examples embedded as data URIs, so th
 when downloaded from MLflow on its own.
 
 Units: every AUROC/AUPRO column is a percentage (the paper's unit) rounded only when rendered.
-"Delta" columns are ours minus the paper's, on the TEST split (the paper reports test figures).
+"Delta" columns are ours minus the paper's, on the TEST split (the paper reports test figures). The
+paper's figures are filled in only for the rows marked ``compare_with_paper`` (MVTec AD data and a
+pretrained backbone, :func:`pipelines.provenance.paper_exclusion`); when no row is, the paper and
+delta columns are left out, and a sentence says why. The winner's configuration (every swept field,
+with the default beside it where it differs) is listed per category below the table.
 The "ρ" columns are rank correlations in [-1, 1] (:data:`VAL_TEST_NOTE` says what they mean).
 """
 
@@ -21,8 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.paper_results import CAVEAT, paper_figures
+from pipelines.paper_results import CAVEAT, SOURCE, paper_figures
 
+PAPER_COLUMNS = ("paper_image_auroc", "diff_image_auroc", "paper_pixel_auroc", "diff_pixel_auroc")
 METRIC_COLUMNS = (
     "val_image_auroc",
     "val_pixel_auroc",
@@ -38,7 +43,7 @@ METRIC_COLUMNS = (
 # How well validation predicts test across a category's trials; the reason is in the CSV and listed
 # under the Markdown/HTML table rather than in a cell.
 VAL_TEST_COLUMNS = ("val_test_rho", "val_test_rho_aupro", "val_test_trials", "val_test_reason")
-_LISTED_BELOW = frozenset({"val_test_reason"})
+_LISTED_BELOW = frozenset({"val_test_reason", "hyperparameters"})
 VAL_TEST_NOTE = (
     "ρ val/test: Spearman rank correlation, across this category's trials, of the validation selection "
     "metric with the same metric on test (ρ AUPRO: with the test AUPRO), over the trials counted in "
@@ -81,9 +86,16 @@ HEADERS = {
     "gpu_hours": "GPU h",
     "best_trial": "best trial",
     "model": "registered model",
-    "hyperparameters": "chosen hyperparameters",
+    "hyperparameters": "chosen configuration",
 }
 MEAN_ROW = "mean"
+# Where the repository cites the paper's figures and says what of them is confirmed.
+PAPER_DOC = 'docs/report.md, "The paper\'s figures"'
+CONFIG_NOTE = (
+    "Every field of the search space with the chosen trial's value; \"default\" is the category's resolved "
+    "base config (the authors' values unless the sweep's config changes them; the sweep's first trial runs "
+    "it), shown where the chosen value differs."
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,8 @@ class CategoryResult:
         category: the category name.
         val: best trial's validation metrics, keys ``val_image_auroc`` ... as fractions in [0, 1].
         test: the best trial's test metrics (``test_*``), measured once at registration; may be empty.
-        params: the chosen (swept) hyperparameters, dotted config names.
+        params: the winner's value of every swept field, dotted config names.
+        defaults: the default of each swept field whose chosen value differs from it.
         trials_run / trials_pruned / trials_failed: trial counts by outcome (run = all trials).
         cpu_hours / gpu_hours: wall time x resources, summed over trials.
         best_trial: the winning trial id.
@@ -105,6 +118,9 @@ class CategoryResult:
         val_test_rho_aupro: the same with the test AUPRO.
         val_test_trials: trials with both figures (what ``val_test_rho`` rests on); -1 when not recorded.
         val_test_reason: why a rho is NaN ("" when both are defined or nothing was recorded).
+        compare_with_paper: the paper's MVTec AD figures compare with this row's (MVTec AD data, a
+            pretrained backbone); otherwise its paper and delta cells stay empty.
+        paper_exclusion: why they do not compare ("" when they do).
     """
 
     category: str
@@ -123,27 +139,35 @@ class CategoryResult:
     val_test_rho_aupro: float = math.nan
     val_test_trials: int = -1
     val_test_reason: str = ""
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    compare_with_paper: bool = False
+    paper_exclusion: str = ""
 
 
 def _pct(value: float | None) -> float:
     return float("nan") if value is None else 100.0 * float(value)
 
 
-def _format_params(params: Mapping[str, object]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+def format_value(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    return ", ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+
+def _format_params(params: Mapping[str, object], defaults: Mapping[str, object] | None = None) -> str:
+    def default(k: str) -> str:
+        return f" (default {format_value(defaults[k])})" if defaults and k in defaults else ""
+
+    return ", ".join(f"{k}={format_value(v)}{default(k)}" for k, v in sorted(params.items()))
 
 
 def build_table(results: Sequence[CategoryResult]) -> pd.DataFrame:
     """One row per category (in the given order) plus a ``mean`` row when there are several.
 
-    Missing figures are NaN (shown as "-"); the paper columns are NaN for non-MVTec categories.
+    Missing figures are NaN (shown as "-"); the paper columns are NaN for rows not marked
+    ``compare_with_paper`` (or outside the paper's categories), and absent when no row is marked.
     """
     rows = []
     for r in results:
-        paper = paper_figures(r.category)
+        paper = paper_figures(r.category) if r.compare_with_paper else None
         row: dict[str, object] = {"category": r.category}
         for split, metrics in (("val", r.val), ("test", r.test)):
             for name in ("image_auroc", "pixel_auroc", "pixel_aupro"):
@@ -160,22 +184,24 @@ def build_table(results: Sequence[CategoryResult]) -> pd.DataFrame:
             gpu_hours=float(r.gpu_hours),
             best_trial=r.best_trial,
             model=r.model,
-            hyperparameters=_format_params(r.params),
+            hyperparameters=_format_params(r.params, r.defaults),
             val_test_rho=float(r.val_test_rho),
             val_test_rho_aupro=float(r.val_test_rho_aupro),
             val_test_trials=r.val_test_trials if r.val_test_trials >= 0 else "",
             val_test_reason=r.val_test_reason,
         )
         rows.append(row)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    columns = [c for c in COLUMNS if c not in PAPER_COLUMNS or any(r.compare_with_paper for r in results)]
+    table = pd.DataFrame(rows, columns=columns)
     if len(rows) > 1:
-        mean: dict[str, object] = {c: "" for c in COLUMNS}
+        mean: dict[str, object] = {c: "" for c in columns}
         mean["category"] = MEAN_ROW
         for c in METRIC_COLUMNS:
-            mean[c] = table[c].mean(skipna=True) if table[c].notna().any() else math.nan
+            if c in table.columns:
+                mean[c] = table[c].mean(skipna=True) if table[c].notna().any() else math.nan
         for c in ("trials_run", "trials_pruned", "trials_failed", "cpu_hours", "gpu_hours"):
             mean[c] = table[c].sum()  # totals, not means: the budget the sweep used
-        table = pd.concat([table, pd.DataFrame([mean], columns=list(COLUMNS))], ignore_index=True)
+        table = pd.concat([table, pd.DataFrame([mean], columns=columns)], ignore_index=True)
     for c in ("trials_run", "trials_pruned", "trials_failed"):
         table[c] = table[c].astype("int64")
     return table
@@ -208,25 +234,73 @@ def val_test_lines(table: pd.DataFrame) -> list[str]:
     return [VAL_TEST_NOTE, *(f"ρ undefined for {r}" for r in reasons)]
 
 
-def render_markdown(table: pd.DataFrame, *, title: str, notes: Sequence[str] = ()) -> str:
-    """GitHub-flavoured Markdown (written by hand: ``DataFrame.to_markdown`` needs ``tabulate``)."""
+def has_paper_columns(table: pd.DataFrame) -> bool:
+    return any(c in table.columns for c in PAPER_COLUMNS)
+
+
+def paper_lines(table: pd.DataFrame, results: Sequence[CategoryResult] = ()) -> list[str]:
+    """Where the paper's figures are shown, their caveat and source; for the rows without them, why."""
+    shown = has_paper_columns(table)
+    lines = [CAVEAT, f"paper figures: {SOURCE} (see {PAPER_DOC})"] if shown else []
+    by_reason: dict[str, list[str]] = {}
+    for r in results:
+        if not r.compare_with_paper:
+            by_reason.setdefault(r.paper_exclusion or "not marked as comparable", []).append(r.category)
+    if len(by_reason) == 1 and not shown:
+        lines.append(f"The paper's MVTec AD figures and the deltas to them are left out: {next(iter(by_reason))}.")
+    elif by_reason:
+        what = "No paper figures for" if shown else "The paper's MVTec AD figures are left out for"
+        lines.append(f"{what} " + "; ".join(f"{', '.join(c)}: {reason}" for reason, c in by_reason.items()) + ".")
+    return lines
+
+
+def _metrics_note(table: pd.DataFrame) -> str:
+    return "Metrics in %. Δ = our test figure minus the paper's." if has_paper_columns(table) else "Metrics in %."
+
+
+def config_rows(result: CategoryResult) -> list[tuple[str, str, str]]:
+    """(field, chosen value, default where it differs or "(same)") for every swept field of a category."""
+    return [
+        (k, format_value(v), format_value(result.defaults[k]) if k in result.defaults else "(same)")
+        for k, v in sorted(result.params.items())
+    ]
+
+
+def _config_title(result: CategoryResult) -> str:
+    return f"{result.category}: trial {result.best_trial or '-'}"
+
+
+def render_markdown(
+    table: pd.DataFrame, *, title: str, notes: Sequence[str] = (), results: Sequence[CategoryResult] = ()
+) -> str:
+    """GitHub-flavoured Markdown (written by hand: ``DataFrame.to_markdown`` needs ``tabulate``).
+
+    ``results`` (the rows' records) add why the paper's figures are left out and each winner's configuration.
+    """
 
     def esc(text: str) -> str:
         return text.replace("|", "\\|")
 
     below = val_test_lines(table)
+    paper = paper_lines(table, results)
+    metrics_note = _metrics_note(table)
     table = _shown(table)
     headers = [HEADERS.get(c, c) for c in table.columns]
     numeric = [c in METRIC_COLUMNS or c.startswith(("trials_", "cpu_", "gpu_", "val_test_")) for c in table.columns]
     lines = [f"# {title}", ""]
-    lines += [f"- {n}" for n in (*notes, CAVEAT)]
+    lines += [f"- {n}" for n in (*notes, *paper)]
     lines += ["", "| " + " | ".join(esc(h) for h in headers) + " |"]
     lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
     for cells in _display_rows(table):
         lines.append("| " + " | ".join(esc(v) for v in cells) + " |")
     lines.append("")
-    lines.append("Metrics in %. Δ = our test figure minus the paper's.")
+    lines.append(metrics_note)
     lines += ["", *(f"- {line}" for line in below)]
+    if results:
+        lines += ["", "## Chosen configuration", "", CONFIG_NOTE]
+    for r in results:
+        lines += ["", f"### {esc(_config_title(r))}", "", "| field | chosen | default |", "|---|---:|---:|"]
+        lines += [f"| {esc(k)} | {esc(v)} | {esc(d)} |" for k, v, d in config_rows(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -240,9 +314,13 @@ def render_html(
     title: str,
     notes: Sequence[str] = (),
     heatmaps: Mapping[str, Sequence[Path]] | None = None,
+    results: Sequence[CategoryResult] = (),
 ) -> str:
-    """A self-contained page: the table, then heat-map examples per category (PNG data URIs)."""
+    """A self-contained page: the table, each winner's configuration, then heat-map examples per
+    category (PNG data URIs)."""
     below = val_test_lines(table)
+    paper = paper_lines(table, results)
+    metrics_note = _metrics_note(table)
     table = _shown(table)
     headers = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in table.columns)
     body = []
@@ -265,11 +343,20 @@ def render_html(
         "img{height:192px;image-rendering:pixelated}figcaption{font-size:11px}</style>",
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, CAVEAT)) + "</ul>",
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, *paper)) + "</ul>",
         f"<table><thead><tr>{headers}</tr></thead><tbody>{''.join(body)}</tbody></table>",
-        "<p>Metrics in %. Δ = our test figure minus the paper's.</p>",
+        f"<p>{html.escape(metrics_note)}</p>",
         "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in below) + "</ul>",
     ]
+    if results:
+        parts += ["<h2>Chosen configuration</h2>", f"<p>{html.escape(CONFIG_NOTE)}</p>"]
+    for r in results:
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td><td>{html.escape(d)}</td></tr>"
+            for k, v, d in config_rows(r)
+        )
+        parts.append(f"<h3>{html.escape(_config_title(r))}</h3><table><thead><tr><th>field</th><th>chosen</th>"
+                     f"<th>default</th></tr></thead><tbody>{rows}</tbody></table>")
     for category, pngs in (heatmaps or {}).items():
         if not pngs:
             continue
@@ -299,8 +386,8 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(results)
     files = ReportFiles(out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.html")
-    files.markdown.write_text(render_markdown(table, title=title, notes=notes))
+    files.markdown.write_text(render_markdown(table, title=title, notes=notes, results=results))
     table.to_csv(files.csv, index=False)
     heatmaps = {r.category: list(r.heatmaps) for r in results}
-    files.html.write_text(render_html(table, title=title, notes=notes, heatmaps=heatmaps))
+    files.html.write_text(render_html(table, title=title, notes=notes, heatmaps=heatmaps, results=results))
     return files

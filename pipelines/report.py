@@ -3,10 +3,16 @@
 Everything comes from the tracking server (and the sweep manifest for the trial resources), so the
 report can be written by anyone, any time after the sweep, on any machine that reaches the server:
 
+* at the top (and in the pipeline's console summary), what produced the figures
+  (:mod:`pipelines.provenance`): the dataset (kind, name, fingerprints, image count per split), image
+  size, training steps, backbone weights, the validation set's size and the trials; the paper's
+  figures and the deltas to them only where the data is MVTec AD and the backbone pretrained,
+  otherwise one sentence says why they are left out;
 * per category (the sweep's parent runs): trial counts by outcome, CPU/GPU hours (trial run wall
   time x the trial's resources from the sweep manifest), the winner's validation figures and its
-  test figures (from the registered version's tags, measured once at registration), the chosen
-  values of the search-space fields, the registered model, the test heat-map panels logged at
+  test figures (from the registered version's tags, measured once at registration), the winner's
+  value of every field of the search space with the default beside it where it differs, the
+  registered model, the test heat-map panels logged at
   registration, how well validation predicted test across the category's trials (the Spearman
   rho the sweep stage wrote to the parent run when the study ended, see
   :data:`pipelines.schema.VAL_TEST_SPEARMAN`), and the texture source its anomaly synthesis used
@@ -25,14 +31,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from memseg.metrics import keys
-from pipelines import leaderboard, registry, schema, sweep_plots
+from pipelines import leaderboard, provenance, registry, schema, sweep_plots
 from pipelines.paper_results import paper_categories
 from pipelines.schema import (
     HEATMAP_DIR,
@@ -61,13 +67,17 @@ class CategoryReport:
     selection_metric: str
     plots: list[Path] = field(default_factory=list)
     texture_source: str = ""
+    facts: provenance.CategoryFacts | None = None
 
 
 @dataclass
 class SweepReport:
+    """The files written, the categories' records, and the lines saying what produced the figures."""
+
     sweep_id: str
     files: leaderboard.ReportFiles
     categories: list[CategoryReport]
+    provenance: list[str] = field(default_factory=list)
 
 
 def _order(category: str) -> tuple[int, str]:
@@ -140,7 +150,11 @@ def collect_category(
             test = {k: v for k, v in best_run.metrics.items() if k.startswith(keys.TEST_PREFIX)}
         heatmaps = _download_heatmaps(client, best_run.run_id, workdir / "heatmaps" / category)
     fields = _space_fields(parent.search_space)
-    params = _chosen_params(best_run, children, fields)
+    params, defaults = _chosen_config(best_run, children, parent.swept_defaults, fields)
+    source = best_run or next(iter(sorted(children, key=lambda r: r.start_time)), None)
+    facts = provenance.category_facts(category, parent.dataset, parent.dataset_fingerprint,
+                                      source.params if source else {}, len(children))
+    exclusion = provenance.paper_exclusion(facts)
     rho, rho_aupro, n, reason = _val_test_fields(parent)
     result = leaderboard.CategoryResult(
         category=category,
@@ -159,6 +173,9 @@ def collect_category(
         val_test_rho_aupro=rho_aupro,
         val_test_trials=n,
         val_test_reason=reason,
+        defaults=defaults,
+        compare_with_paper=not exclusion,
+        paper_exclusion=exclusion,
     )
     study = sweep_plots.build_study(
         _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
@@ -166,7 +183,7 @@ def collect_category(
     )
     plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
     texture = next((r.params[TEXTURE_SOURCE] for r in (best_run, *children) if r and TEXTURE_SOURCE in r.params), "")
-    return CategoryReport(result, parent.run_id, parent.selection_metric, plots, texture)
+    return CategoryReport(result, parent.run_id, parent.selection_metric, plots, texture, facts)
 
 
 def texture_source_note(categories: Sequence[CategoryReport]) -> str:
@@ -199,20 +216,34 @@ def _val_test_fields(parent: ParentRun) -> tuple[float, float, int, str]:
     )
 
 
-def _chosen_params(
-    best_run: TrialRun | None, children: Sequence[TrialRun], fields: Sequence[str] | None
-) -> dict[str, object]:
-    """The winner's values of the swept fields: space fields (all fields without a space file) that
-    took more than one value across the category's trials; with a single trial, every space field."""
+def _chosen_config(
+    best_run: TrialRun | None,
+    children: Sequence[TrialRun],
+    defaults: Mapping[str, str] | None,
+    space_fields: Sequence[str] | None,
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The winner's value of every swept field, and the default of each field where the value differs.
+
+    The swept fields and their defaults are what the sweep stage recorded on the parent run. A parent
+    run written before that has no defaults; its fields are then the search space file's, and without
+    that file the params that took more than one value across the category's trials.
+    """
     if best_run is None:
-        return {}
-    params = {k: sweep_plots.parse_param(v) for k, v in best_run.params.items() if fields is None or k in fields}
-    if len(children) < 2:
-        return params
-    varying = sweep_plots.infer_distributions(
-        [sweep_plots.TrialRecord(i, r.params, None) for i, r in enumerate(children)]
-    )
-    return {k: v for k, v in params.items() if k in varying}
+        return {}, {}
+    if defaults is not None:
+        fields: Sequence[str] = list(defaults)
+    elif space_fields is not None:
+        fields = space_fields
+    else:
+        fields = list(sweep_plots.infer_distributions(
+            [sweep_plots.TrialRecord(i, r.params, None) for i, r in enumerate(children)]
+        ))
+    chosen = {k: sweep_plots.parse_param(best_run.params[k]) for k in fields if k in best_run.params}
+    differs = {
+        k: sweep_plots.parse_param(d) for k, d in (defaults or {}).items()
+        if k in best_run.params and best_run.params[k] != d
+    }
+    return chosen, differs
 
 
 def _download_heatmaps(client: MlflowClient, run_id: str, dst: Path) -> list[Path]:
@@ -246,7 +277,9 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
     out_dir.mkdir(parents=True, exist_ok=True)
     categories = [collect_category(client, experiment_id, sweep_id, p, out_dir) for p in parents]
     selected_on = ", ".join(sorted({c.selection_metric for c in categories}))
+    produced_by = provenance.header_lines([c.facts for c in categories if c.facts is not None])
     notes = [
+        *produced_by,
         f"sweep {sweep_id}, MLflow experiment {experiment_id} at {tracking_uri}",
         f"val = best trial on the validation split (held-out train/good + fixed-seed synthetic anomalies), "
         f"selected on {selected_on}; test = that trial's checkpoint on the test split, measured at "
@@ -262,7 +295,9 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
                 client.log_artifact(cat.parent_run_id, str(file), REPORT_ARTIFACT_DIR)
             for plot in cat.plots:
                 client.log_artifact(cat.parent_run_id, str(plot), PLOTS_ARTIFACT_DIR)
-    return SweepReport(sweep_id, files, categories)
+    paper = leaderboard.paper_lines(leaderboard.build_table([c.result for c in categories]),
+                                    [c.result for c in categories])
+    return SweepReport(sweep_id, files, categories, [*produced_by, *paper])
 
 
 def default_out_dir(sweep_id: str) -> Path:

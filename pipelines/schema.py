@@ -14,6 +14,7 @@ in for it (a default metric name would silently rank models on the wrong figure)
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,22 @@ TAG_TUNE_METRIC = "tune_metric"
 TAG_EXPERIMENT_PATH = "experiment_path"
 TAG_BEST_TRIAL = "best_trial_id"
 TAG_BEST_RUN = "best_run_id"
+# What produced the figures, set on the parent run when the sweep stage creates it and stated by the
+# report (:mod:`pipelines.provenance` writes and reads them): the dataset's kind (one of
+# :data:`DATASET_KINDS`) and name, the fingerprint its folder carries (a generator's ``benchmark.json``;
+# absent when it carries none), its image count per split (``dataset.images.train_good`` ...), and the
+# default of every swept field (JSON object: field -> the value as its param text). The trials' own
+# params (the resolved config, dotted) give image size, steps, backbone weights and validation split.
+TAG_DATASET_KIND = "dataset.kind"
+TAG_DATASET_NAME = "dataset.name"
+TAG_DATASET_SOURCE_FINGERPRINT = "dataset.source_fingerprint"
+TAG_DATASET_IMAGES = "dataset.images."
+TAG_SWEPT_DEFAULTS = "swept_defaults"
+DATASET_MVTEC = "MVTec AD"
+DATASET_GENERATED = "generated"
+DATASET_REALISTIC = "realistic benchmark"
+DATASET_CUSTOM = "custom"
+DATASET_KINDS = (DATASET_MVTEC, DATASET_GENERATED, DATASET_REALISTIC, DATASET_CUSTOM)
 # Set on the parent run by the register stage; the report follows them to the version.
 TAG_REGISTERED_MODEL = "registered_model"
 TAG_REGISTERED_VERSION = "registered_version"
@@ -228,12 +245,72 @@ def _val_test_of(metrics: Mapping[str, float], tags: Mapping[str, str], what: st
 
 
 @dataclass(frozen=True)
+class DatasetFacts:
+    """The dataset a category's trials ran on, as the sweep stage recorded it on the parent run.
+
+    Attributes:
+        kind: one of :data:`DATASET_KINDS`.
+        name: what the data is (a generator and its settings, a benchmark and its version, a folder).
+        source_fingerprint: the fingerprint the data folder carries ("" when it carries none).
+        images: image count per split: ``train_good``, ``test_good``, ``test_defect``.
+    """
+
+    kind: str
+    name: str
+    source_fingerprint: str
+    images: Mapping[str, int]
+
+    def tags(self) -> dict[str, str]:
+        tags = {TAG_DATASET_KIND: self.kind, TAG_DATASET_NAME: self.name}
+        if self.source_fingerprint:
+            tags[TAG_DATASET_SOURCE_FINGERPRINT] = self.source_fingerprint
+        tags.update({f"{TAG_DATASET_IMAGES}{split}": str(n) for split, n in self.images.items()})
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], what: str) -> DatasetFacts | None:
+        """None when the run predates these tags; :class:`SchemaError` for a kind that is not one of ours."""
+        kind = tags.get(TAG_DATASET_KIND)
+        if kind is None:
+            return None
+        if kind not in DATASET_KINDS:
+            msg = f"{what}: {TAG_DATASET_KIND}={kind!r} is not one of {DATASET_KINDS}"
+            raise SchemaError(msg)
+        images = {}
+        for key, value in tags.items():
+            if key.startswith(TAG_DATASET_IMAGES):
+                if not value.isdigit():
+                    msg = f"{what}: {key}={value!r} is not an image count"
+                    raise SchemaError(msg)
+                images[key.removeprefix(TAG_DATASET_IMAGES)] = int(value)
+        return cls(kind=kind, name=tags.get(TAG_DATASET_NAME, ""),
+                   source_fingerprint=tags.get(TAG_DATASET_SOURCE_FINGERPRINT, ""), images=images)
+
+
+def swept_defaults_of(tags: Mapping[str, str], what: str) -> dict[str, str] | None:
+    """The parent run's swept fields with their defaults (param text); None when not recorded."""
+    text = tags.get(TAG_SWEPT_DEFAULTS)
+    if text is None:
+        return None
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"{what}: {TAG_SWEPT_DEFAULTS} is not JSON ({exc})"
+        raise SchemaError(msg) from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+        msg = f"{what}: {TAG_SWEPT_DEFAULTS} is not a JSON object of field -> value text"
+        raise SchemaError(msg)
+    return {str(k): v for k, v in loaded.items()}
+
+
+@dataclass(frozen=True)
 class ParentRun:
     """A (sweep, category) parent run, as the sweep stage wrote it.
 
     ``best_trial_id`` is set when the category's study ended with a scored trial (``val_test`` too:
     rho per test metric, see :data:`VAL_TEST_SPEARMAN`); the ``registered_*`` fields once the register
-    stage recorded its version there.
+    stage recorded its version there. ``dataset`` and ``swept_defaults`` are None on runs written
+    before the sweep stage recorded them.
     """
 
     run_id: str
@@ -251,6 +328,8 @@ class ParentRun:
     registered_version: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     val_test: Mapping[str, RankCorrelation] = field(default_factory=dict)
+    dataset: DatasetFacts | None = None
+    swept_defaults: Mapping[str, str] | None = None
 
     @classmethod
     def from_run(cls, run: Run) -> ParentRun:
@@ -278,6 +357,8 @@ class ParentRun:
             registered_version=tags.get(TAG_REGISTERED_VERSION) or None,
             metrics=dict(run.data.metrics),
             val_test=_val_test_of(run.data.metrics, tags, what),
+            dataset=DatasetFacts.from_tags(tags, what),
+            swept_defaults=swept_defaults_of(tags, what),
         )
 
     @property

@@ -56,7 +56,7 @@ from ray.tune.experiment import Trial
 from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
 from memseg.metrics.rank_correlation import MIN_TRIALS, RankCorrelation
-from pipelines import schema
+from pipelines import provenance, schema
 from pipelines.schema import (
     ROLE_PARENT,
     ROLE_TRIAL,
@@ -287,7 +287,7 @@ class SweepTracking:
                 tags={
                     **tags, TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint,
                     TAG_SPACE: plan.space.space_name, TAG_TUNE_METRIC: plan.metric,
-                    TAG_EXPERIMENT_PATH: plan.experiment_path,
+                    TAG_EXPERIMENT_PATH: plan.experiment_path, **provenance.parent_tags(plan),
                 },
             )
             run_id = run.info.run_id

@@ -253,8 +253,13 @@ def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) ->
     for category in categories:
         assert rows.loc[category, "trials_run"] == 2
         assert 0.0 <= rows.loc[category, "test_image_auroc"] <= 100.0
-        assert rows.loc[category, "diff_image_auroc"] == pytest.approx(
-            rows.loc[category, "test_image_auroc"] - rows.loc[category, "paper_image_auroc"])
+    # Generated data and a random backbone: nothing to compare with the paper's MVTec AD figures.
+    assert not [c for c in table.columns if c.startswith(("paper_", "diff_"))], list(table.columns)
+    markdown = report.files.markdown.read_text()
+    assert "left out: the data is generated, not MVTec AD and the backbone is not pretrained" in markdown
+    assert "dataset: generated: memseg data synth (size=64" in markdown
+    assert "image size (px): 64; training steps: 16" in markdown and "weights none = random init" in markdown
+    assert "validation set (the chosen trial's split): " in markdown and "trials: 2 per category" in markdown
     assert report.files.html.read_text().count("data:image/png;base64,") >= len(categories)
     # The smoke spec chooses generated textures explicitly; the report says which source each category used.
     note = next(line for line in report.files.markdown.read_text().splitlines() if "texture source" in line)
@@ -278,6 +283,7 @@ def test_cli_pipeline_promote_report(scenario: dict[str, Any], tmp_path: Path, c
     assert rc == 0, out
     assert f"sweep {scenario['sweep_id']} (continuing)" in out and "finished already, skipped" in out
     assert "report: " in out and "MLflow UI: " in out
+    assert "  dataset: generated: memseg data synth" in out and "  The paper's MVTec AD figures" in out
     assert _snapshot(uri, scenario["sweep_id"], root / "sweeps") == scenario["after_third"]
 
     assert main(["promote", "--all", "--tracking-uri", uri, "--device", "cpu"]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def _bottle() -> CategoryResult:
         gpu_hours=0.25,
         best_trial="t3",
         model="memseg-mvtec-bottle/2",
+        compare_with_paper=True,
     )
 
 
@@ -114,3 +116,44 @@ def test_report_notes_the_texture_source_of_each_category() -> None:
     )
     assert note.startswith("texture source of the training anomalies (data.texture_source;")
     assert note.endswith(": dtd (carpet); not recorded (grid); procedural (bottle, tile)")
+
+
+def test_without_comparable_rows_there_are_no_paper_columns_and_one_sentence_says_why(tmp_path: Path) -> None:
+    reason = "the data is generated, not MVTec AD and the backbone is not pretrained (model.backbone_weights=none)"
+    rows = [CategoryResult(**{**_bottle().__dict__, "compare_with_paper": False, "paper_exclusion": reason}),
+            CategoryResult(category="carpet", paper_exclusion=reason)]
+    files = write_report(rows, tmp_path, title="t", notes=["dataset: generated"])
+    header = pd.read_csv(files.csv).columns
+    assert not [c for c in header if c.startswith(("paper_", "diff_"))], list(header)
+    for text in (files.markdown.read_text(), html.unescape(files.html.read_text())):
+        assert "paper I-AUROC" not in text and "Δ" not in text and "UNVERIFIED" not in text
+        assert f"The paper's MVTec AD figures and the deltas to them are left out: {reason}." in text
+    md = files.markdown.read_text()
+    assert md.index("dataset: generated") < md.index("| category |")  # stated above the table
+
+
+def test_paper_figures_come_with_their_caveat_and_the_docs_citation(tmp_path: Path) -> None:
+    other = CategoryResult(category="carpet", paper_exclusion="the data is custom, not MVTec AD")
+    files = write_report([_bottle(), other], tmp_path, title="t")
+    table = pd.read_csv(files.csv).set_index("category")
+    assert table.loc["bottle", "paper_image_auroc"] == 100.0 and math.isnan(table.loc["carpet", "paper_image_auroc"])
+    md = files.markdown.read_text()
+    assert "only their means, 99.56 image / 98.84 pixel AUROC, are confirmed by the paper's abstract" in md
+    assert 'see docs/report.md, "The paper\'s figures"' in md and "UNVERIFIED" in md
+    assert "No paper figures for carpet: the data is custom, not MVTec AD." in md
+    assert "memseg-spec" not in md and "memseg-spec" not in files.html.read_text()
+    doc = Path(__file__).resolve().parents[3] / "docs" / "report.md"
+    assert "## The paper's figures" in doc.read_text()
+
+
+def test_the_chosen_configuration_lists_every_swept_field_with_the_default_where_it_differs(tmp_path: Path) -> None:
+    params = {"optim.lr": 0.054, "optim.optimizer": "sgd", "model.memory_size": 8}
+    result = CategoryResult(category="grid", params=params, defaults={"optim.lr": 0.04}, best_trial="t7")
+    files = write_report([result], tmp_path, title="t")
+    md = files.markdown.read_text()
+    assert "### grid: trial t7" in md
+    assert "| optim.lr | 0.054 | 0.04 |" in md
+    assert "| optim.optimizer | sgd | (same) |" in md and "| model.memory_size | 8 | (same) |" in md
+    assert "<td>optim.lr</td><td>0.054</td><td>0.04</td>" in files.html.read_text()
+    assert pd.read_csv(files.csv).loc[0, "hyperparameters"] == (
+        "model.memory_size=8, optim.lr=0.054 (default 0.04), optim.optimizer=sgd")
