@@ -15,8 +15,15 @@ Input (signature: one string column ``image``):
     * a DataFrame with a column ``image`` whose cells are base64 PNG/JPEG strings (REST:
       ``{"dataframe_split": {"columns": ["image"], "data": [["iVBOR..."]]}}``) or uint8 arrays
       ``(H, W, 3)`` RGB / ``(H, W)`` gray (in-process, e.g. ``model.predict({"image": [array]})``).
+    * params ``map_size``: ``model`` (default) or ``input`` (REST: ``"params": {"map_size": "input"}``).
 Output: a DataFrame, one row per image, ``score`` (float, the image anomaly score) and
-``anomaly_map`` (float32 ``(H, W)`` in [0, 1] at the image's own size; nested lists over REST).
+``anomaly_map`` (float32 in [0, 1]; nested lists over REST): ``data.image_size`` square, the model's
+resolution, by default; ``(H, W)``, the image's own size, with ``map_size=input``.
+
+Limits: an image over ``max_pixels`` pixels (``model_config``, else ``$MEMSEG_MAX_PIXELS``, else
+:data:`DEFAULT_MAX_PIXELS`) is refused; a PNG or JPEG before its pixels are decoded. A bad request
+raises :class:`pipelines.request_error.RequestError`, which the scoring server answers with HTTP 400
+and the message alone (row and problem; no stack trace, no payload). docs/serving.md has the protocol.
 
 No ``from __future__ import annotations`` here: MLflow reads ``predict``'s type hints at runtime,
 and ``pd.DataFrame`` there turns off its type-hint inference (the signature is explicit).
@@ -24,6 +31,7 @@ and ``pd.DataFrame`` there turns off its type-hint inference (the signature is e
 
 import base64
 import binascii
+import os
 from typing import Any
 
 import cv2
@@ -32,16 +40,25 @@ import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from memseg.inference import load_checkpoint, predict
 from memseg.training import resolve_device
+from pipelines.image_header import image_size
+from pipelines.request_error import RequestError
 
 IMAGE_COLUMN = "image"
 SCORE_COLUMN = "score"
 MAP_COLUMN = "anomaly_map"
 CHECKPOINT_ARTIFACT = "checkpoint"
+# 16.8 megapixels: MVTec AD's largest images are 1024 x 1024 and common inspection cameras stay
+# under 12 MP, while a 4096 x 4096 RGB image is 50 MB decoded, which one worker holds easily.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_PIXELS_ENV = "MEMSEG_MAX_PIXELS"
+MAX_PIXELS_KEY = "max_pixels"
+MAP_SIZE_PARAM = "map_size"
+MAP_SIZES = ("model", "input")
 
 
 def encode_png(image_u8: np.ndarray) -> str:
@@ -58,19 +75,39 @@ def encode_png(image_u8: np.ndarray) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def decode_image(value: Any, index: int = 0) -> np.ndarray:
+def _check_pixels(height: int, width: int, index: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        msg = (
+            f"image row {index}: {width} x {height} = {width * height:,} pixels is over this model's limit of "
+            f"{max_pixels:,} pixels ({MAX_PIXELS_KEY} in model_config, or ${MAX_PIXELS_ENV} where it is served)"
+        )
+        raise ValueError(msg)
+
+
+def decode_image(value: Any, index: int = 0, max_pixels: int | None = None) -> np.ndarray:
     """A cell of the ``image`` column -> uint8 RGB ``(H, W, 3)``.
 
+    Args:
+        value: base64 PNG/JPEG string (or raw bytes), uint8 array, or a nested list of pixels.
+        index: the row, for messages.
+        max_pixels: refuse larger images (None: no limit); a PNG/JPEG is measured from its header.
+
     Raises:
-        ValueError: naming the row when the cell is neither a decodable base64 image nor a uint8 array.
+        ValueError: naming the row when the cell is neither a decodable base64 image nor a uint8
+            array, or is larger than ``max_pixels``.
     """
     if isinstance(value, np.ndarray):
         if value.dtype != np.uint8:
             msg = f"image row {index}: arrays must be uint8, got {value.dtype}"
             raise ValueError(msg)
+        if value.ndim >= 2:
+            _check_pixels(value.shape[0], value.shape[1], index, max_pixels)
         return value
     if isinstance(value, list):  # a JSON array of pixels
-        return np.asarray(value, dtype=np.uint8)
+        pixels = np.asarray(value, dtype=np.uint8)
+        if pixels.ndim >= 2:
+            _check_pixels(pixels.shape[0], pixels.shape[1], index, max_pixels)
+        return pixels
     if isinstance(value, bytes | bytearray):
         raw = bytes(value)
     elif isinstance(value, str):
@@ -82,21 +119,36 @@ def decode_image(value: Any, index: int = 0) -> np.ndarray:
     else:
         msg = f"image row {index}: expected a base64 string or a uint8 array, got {type(value).__name__}"
         raise ValueError(msg)
+    header = image_size(raw)
+    if header is not None:
+        _check_pixels(*header, index, max_pixels)
     bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         msg = f"image row {index}: cannot decode the image bytes (PNG/JPEG expected)"
         raise ValueError(msg)
+    if header is None:  # another format OpenCV reads: measured once decoded
+        _check_pixels(bgr.shape[0], bgr.shape[1], index, max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def images_from_input(model_input: Any) -> list[np.ndarray]:
-    """The images of a pyfunc input (DataFrame / dict with an ``image`` column, or arrays)."""
+def _missing_column(columns: list[str]) -> ValueError:
+    got = f"got {columns}" if columns else "got no column the model knows"
+    return ValueError(f"the request needs a column {IMAGE_COLUMN!r} (one base64 PNG/JPEG per row), {got}")
+
+
+def images_from_input(model_input: Any, max_pixels: int | None = None) -> list[np.ndarray]:
+    """The images of a pyfunc input (DataFrame / dict with an ``image`` column, or arrays).
+
+    Raises:
+        ValueError: the column is missing, or a cell is not an image or is over ``max_pixels``.
+    """
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
-            msg = f"input needs a column {IMAGE_COLUMN!r}, got {list(model_input.columns)}"
-            raise ValueError(msg)
+            raise _missing_column([str(c) for c in model_input.columns])
         cells = list(model_input[IMAGE_COLUMN])
     elif isinstance(model_input, dict):
+        if IMAGE_COLUMN not in model_input:
+            raise _missing_column([str(k) for k in model_input])
         cells = list(model_input[IMAGE_COLUMN])
     elif isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8 and model_input.ndim in (2, 3):
         cells = [model_input]
@@ -104,35 +156,81 @@ def images_from_input(model_input: Any) -> list[np.ndarray]:
         cells = list(model_input)
     else:
         cells = list(model_input)
-    return [decode_image(c, i) for i, c in enumerate(cells)]
+    return [decode_image(c, i, max_pixels) for i, c in enumerate(cells)]
 
 
 def signature() -> ModelSignature:
-    """Input: string column ``image``; output: ``score`` double and ``anomaly_map`` float[][]."""
+    """Input: string column ``image``; output: ``score`` double and ``anomaly_map`` float[][]; param ``map_size``.
+
+    The column is declared optional: MLflow's own check of a missing required column fails with a
+    message that quotes the whole request, so the model checks for it and names it instead.
+    """
     return ModelSignature(
-        inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
+        inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN, required=False)]),
         outputs=Schema(
             [ColSpec(DataType.double, SCORE_COLUMN), ColSpec(Array(Array(DataType.float)), MAP_COLUMN)]
         ),
+        params=ParamSchema([ParamSpec(MAP_SIZE_PARAM, DataType.string, MAP_SIZES[0])]),
     )
+
+
+def max_pixels_setting(model_config: dict[str, Any]) -> int:
+    """The pixel limit: ``model_config["max_pixels"]``, else ``$MEMSEG_MAX_PIXELS``, else the default.
+
+    Raises:
+        ValueError: naming the setting when it is not a positive integer.
+    """
+    if MAX_PIXELS_KEY in model_config:
+        raw, where = model_config[MAX_PIXELS_KEY], f"model_config {MAX_PIXELS_KEY}"
+    elif os.environ.get(MAX_PIXELS_ENV):
+        raw, where = os.environ[MAX_PIXELS_ENV], f"${MAX_PIXELS_ENV}"
+    else:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0 or isinstance(raw, bool | float):
+        msg = f"{where} must be a positive whole number of pixels, got {raw!r}"
+        raise ValueError(msg)
+    return value
+
+
+def map_size_param(params: dict[str, Any] | None) -> str:
+    """``params["map_size"]`` checked: ``model`` (default) or ``input``.
+
+    Raises:
+        ValueError: naming the param and its choices.
+    """
+    value = (params or {}).get(MAP_SIZE_PARAM) or MAP_SIZES[0]
+    if value not in MAP_SIZES:
+        msg = f"params {MAP_SIZE_PARAM} must be one of {', '.join(MAP_SIZES)}, got {value!r}"
+        raise ValueError(msg)
+    return str(value)
 
 
 class MemSegPyfunc(PythonModel):
     """Scores images with the checkpoint in ``context.artifacts["checkpoint"]``.
 
-    ``model_config={"device": "cpu" | "cuda" | "auto"}`` picks the device (default ``auto``).
+    ``model_config``: ``device`` (``cpu`` | ``cuda`` | ``auto``, default ``auto``) and ``max_pixels``
+    (see :func:`max_pixels_setting`).
     """
 
     def load_context(self, context: PythonModelContext) -> None:
-        device = resolve_device(str((getattr(context, "model_config", None) or {}).get("device", "auto")))
-        self.device = device
-        self.model, self.cfg = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device)
+        model_config = getattr(context, "model_config", None) or {}
+        self.max_pixels = max_pixels_setting(model_config)
+        self.device = resolve_device(str(model_config.get("device", "auto")))
+        self.model, self.cfg = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], self.device)
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        images = images_from_input(model_input)
-        predictions = predict(self.model, images, self.cfg, self.device)
+        try:
+            full_size = map_size_param(params) == "input"
+            images = images_from_input(model_input, self.max_pixels)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+        predictions = predict(self.model, images, self.cfg, self.device, full_size=full_size)
         return pd.DataFrame(
             {
                 SCORE_COLUMN: [p.score for p in predictions],
