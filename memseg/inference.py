@@ -283,7 +283,8 @@ def predict_paths(
         precision: ``fp32`` or ``bf16``, as in :func:`predict`.
 
     Returns:
-        A :class:`PredictReport`; unreadable images are in ``skipped`` (and logged), not raised.
+        A :class:`PredictReport`; unreadable images are in ``skipped`` (logged at DEBUG only, so a
+        caller that reports them does not print each twice), not raised.
 
     Raises:
         ImageReadError: an input path that does not exist, or no image file at all.
@@ -301,7 +302,7 @@ def predict_paths(
             try:
                 readable.append((path, name, read_rgb(path)))
             except ImageReadError as exc:
-                log.warning("skipped: %s", exc)
+                log.debug("skipped: %s", exc)  # the caller reports report.skipped, once
                 report.skipped.append((path, str(exc)))
         if not readable:
             continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memseg.config import MemSegConfig, load_config, parse_overrides
@@ -50,6 +53,38 @@ def tracking_uri(explicit: str | None, storage_path: str | None = None) -> str:
     from sweeps.spec import StorageSettings
 
     return resolve_tracking_uri(explicit, storage_path or StorageSettings().path)
+
+
+def add_model_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--checkpoint`` (a file, a folder or a registered model version) and ``--tracking-uri``."""
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH|URI",
+        help=f"model.pt / best_model.pt, or a folder holding them (best_model.pt preferred{what}), or a "
+        "registered model version: models:/<name>@<alias> (e.g. @champion) or models:/<name>/<version>",
+    )
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="with a models:/ checkpoint: the MLflow server holding the registry "
+                        "(default: $MLFLOW_TRACKING_URI, else runs/sweeps/mlflow.db)")
+
+
+@contextmanager
+def checkpoint_file(args: argparse.Namespace) -> Iterator[tuple[Path, str]]:
+    """The checkpoint file ``--checkpoint`` names and how to call it in messages.
+
+    A ``models:/`` URI is downloaded from the registry (``--tracking-uri``) into a temporary folder
+    that exists only inside the ``with`` block: load the model there.
+    """
+    from memseg.inference import resolve_checkpoint_file
+
+    # Tested here rather than with pipelines.model_source, so a checkpoint path never imports MLflow.
+    if args.checkpoint.startswith("models:/"):
+        from pipelines.model_source import registered_checkpoint
+
+        with registered_checkpoint(args.checkpoint, tracking_uri(args.tracking_uri)) as found:
+            yield found
+    else:
+        path = resolve_checkpoint_file(args.checkpoint)
+        yield path, str(path)
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:

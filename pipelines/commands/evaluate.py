@@ -7,8 +7,12 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from memseg.errors import ImageReadError
+from pipelines.commands._common import add_model_args, checkpoint_file
+
 DESCRIPTION = """\
-Evaluate a trained MemSeg checkpoint on one category of an MVTec-layout dataset.
+Evaluate a trained MemSeg checkpoint (a file or folder, or a registered model version
+models:/<name>@<alias> / models:/<name>/<version>) on one category of an MVTec-layout dataset.
 
 Prints image AUROC, pixel AUROC, AUPRO (integrated to FPR eval.aupro_fpr_limit = 0.3, normalised),
 image and pixel F1-max, overall and per defect type (each defect type together with the good
@@ -28,6 +32,7 @@ Examples:
   memseg evaluate --checkpoint runs/train/best_model.pt
   memseg evaluate --checkpoint runs/train --root data/mvtec --json runs/train/test_metrics.json
   memseg evaluate --checkpoint runs/train/checkpoints/latest --split val
+  memseg evaluate --checkpoint models:/memseg-mvtec-bottle@champion --root data/mvtec
 """
 
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
@@ -41,11 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH",
-        help="model.pt / best_model.pt, or a folder holding them (best_model.pt preferred; "
-        "a training output folder works too)",
-    )
+    add_model_args(parser, "; a training output folder works too")
     parser.add_argument("--root", metavar="DIR", help="dataset root (default: the checkpoint's data.root)")
     parser.add_argument("--category", metavar="NAME", help="category folder (default: the checkpoint's data.category)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="which split to score (default: test)")
@@ -81,15 +82,18 @@ def _f1_threshold(labels: object, scores: object) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from memseg.evaluation import evaluate_split
-    from memseg.inference import load_checkpoint, resolve_checkpoint_file
+    from memseg.inference import load_checkpoint
     from memseg.metrics import image_scores
     from memseg.training import resolve_device
     from memseg.training.seeding import set_num_threads
 
+    if args.root and not Path(args.root).expanduser().is_dir():  # before the model loads
+        msg = f"{args.root}: no such dataset folder (--root)"
+        raise ImageReadError(msg)
     set_num_threads(args.threads)
     device = resolve_device(args.device)
-    checkpoint = resolve_checkpoint_file(args.checkpoint)
-    model, cfg = load_checkpoint(checkpoint, device)
+    with checkpoint_file(args) as (file, checkpoint):
+        model, cfg = load_checkpoint(file, device)
     overrides: dict[str, object] = {}
     if args.root:
         overrides["data.root"] = str(Path(args.root).expanduser().resolve())

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pipelines.commands._common import add_model_args, checkpoint_file
 
 DESCRIPTION = """\
-Score images with a trained MemSeg checkpoint and write, per image, into --out:
+Score images with a trained MemSeg checkpoint (a file or folder, or a registered model version
+models:/<name>@<alias> / models:/<name>/<version>) and write, per image, into --out:
   <name>_map.png       the anomaly map at the image's own size, 16-bit grayscale (value / 65535 = score)
   <name>_overlay.png   the image with a JET heat map on a fixed [0, 1] scale (a clean image stays clean)
 and one scores.csv (path, name, score[, is_anomalous]). The image score is the mean of the
 eval.top_k highest pixels, computed at the model's input size (data.image_size), as in evaluation.
 
 Folders are searched recursively (png, jpg, jpeg, bmp, tif, tiff); a file found in a folder is named
-by its relative path (good/000.png -> good__000). Unreadable images are reported and skipped; the
-command fails only when an input does not exist or no image at all could be read.
+by its relative path (good/000.png -> good__000). Inputs are checked before the model is loaded:
+an input that does not exist, or no image file at all, fails the command at once. Unreadable
+images are reported (one line each) and skipped; the command fails when none could be read.
 """
 
 EPILOG = """\
 Examples:
   memseg predict --checkpoint runs/train/best_model.pt data/mvtec/bottle/test --out predictions/
   memseg predict --checkpoint runs/train photo1.png photo2.jpg --out out/ --threshold 0.35
+  memseg predict --checkpoint models:/memseg-mvtec-bottle@champion data/new --out out/
 
 --threshold T adds is_anomalous = (score >= T) to scores.csv. Choose T on validation data, never on
 the images you want to judge: `memseg evaluate --checkpoint PATH --split val` prints the threshold
@@ -35,10 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH",
-        help="model.pt / best_model.pt, or a folder holding them (best_model.pt preferred)",
-    )
+    add_model_args(parser, "")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--threshold", type=float, metavar="T", help="mark images with score >= T as anomalous")
@@ -55,20 +58,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memseg.errors import MemSegError
-    from memseg.inference import load_checkpoint, predict_paths
+    from memseg.inference import collect_images, load_checkpoint, predict_paths
     from memseg.training import resolve_device
     from memseg.training.seeding import set_num_threads
 
+    collect_images(args.inputs, exclude=Path(args.out))  # a missing input fails before the model loads
     set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, cfg = load_checkpoint(args.checkpoint, device)
+    with checkpoint_file(args) as (checkpoint, _):
+        model, cfg = load_checkpoint(checkpoint, device)
     if args.batch_size:
         cfg = cfg.with_overrides({"eval.batch_size": args.batch_size})
     report = predict_paths(
         model, cfg, args.inputs, args.out, threshold=args.threshold, device=device, precision=args.precision
     )
     for path, reason in report.skipped:
-        print(f"skipped {path}: {reason}")
+        # read errors name their file already; a path printed twice reads as two files
+        print(f"skipped {reason}" if str(path) in reason else f"skipped {path}: {reason}")
     if not report.scores:
         msg = f"none of the {len(report.skipped)} image(s) could be read"
         raise MemSegError(msg)
