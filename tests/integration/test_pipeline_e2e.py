@@ -129,9 +129,10 @@ def _test_image(root: Path, category: str) -> np.ndarray:
     return cv2.resize(image, (80, 48), interpolation=cv2.INTER_LINEAR)
 
 
-def _in_process(uri: str, name: str, image: np.ndarray) -> tuple[float, np.ndarray]:
+def _in_process(uri: str, name: str, image: np.ndarray, params: dict[str, str] | None = None) -> tuple[float, np.ndarray]:
     mlflow.set_tracking_uri(uri)
-    out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(pd.DataFrame({"image": [encode_png(image)]}))
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = model.predict(pd.DataFrame({"image": [encode_png(image)]}), params=params)
     return float(out["score"][0]), np.asarray(out["anomaly_map"][0], np.float32)
 
 
@@ -194,7 +195,7 @@ def test_champion_loads_and_predicts_in_a_fresh_process(scenario: dict[str, Any]
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "out.json").read_text())
     anomaly_map = np.asarray(got["map"], np.float32)
-    assert anomaly_map.shape == (48, 80)
+    assert anomaly_map.shape == (64, 64)  # the model's resolution, the pyfunc's default
     assert 0.0 <= got["score"] <= 1.0 and 0.0 <= anomaly_map.min() <= anomaly_map.max() <= 1.0
     score, expected = _in_process(uri, name, image)
     assert got["score"] == pytest.approx(score, abs=1e-5)
@@ -225,7 +226,8 @@ def test_scoring_server_answers_like_in_process(scenario: dict[str, Any], tmp_pa
                         break
             except OSError:
                 time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_png(image)]]}}).encode()
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_png(image)]]},
+                           "params": {"map_size": "input"}}).encode()
         request = urllib.request.Request(f"http://{HOST}:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as resp:
@@ -239,7 +241,7 @@ def test_scoring_server_answers_like_in_process(scenario: dict[str, Any], tmp_pa
     (row,) = answer["predictions"]
     served = np.asarray(row["anomaly_map"], np.float32)
     assert served.shape == (48, 80)
-    score, expected = _in_process(uri, name, image)
+    score, expected = _in_process(uri, name, image, {"map_size": "input"})
     assert row["score"] == pytest.approx(score, abs=1e-5)
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
