@@ -55,11 +55,11 @@ def tracking_uri(explicit: str | None, storage_path: str | None = None) -> str:
     return resolve_tracking_uri(explicit, storage_path or StorageSettings().path)
 
 
-def add_model_args(parser: argparse.ArgumentParser, what: str) -> None:
+def add_model_args(parser: argparse.ArgumentParser, folder_note: str = "") -> None:
     """``--checkpoint`` (a file, a folder or a registered model version) and ``--tracking-uri``."""
     parser.add_argument(
         "--checkpoint", required=True, metavar="PATH|URI",
-        help=f"model.pt / best_model.pt, or a folder holding them (best_model.pt preferred{what}), or a "
+        help=f"model.pt / best_model.pt, or a folder holding them (best_model.pt preferred{folder_note}), or a "
         "registered model version: models:/<name>@<alias> (e.g. @champion) or models:/<name>/<version>",
     )
     parser.add_argument("--tracking-uri", metavar="URI",
