@@ -52,8 +52,8 @@ IMAGE_COLUMN = "image"
 SCORE_COLUMN = "score"
 MAP_COLUMN = "anomaly_map"
 CHECKPOINT_ARTIFACT = "checkpoint"
-# 16.8 megapixels: MVTec AD's largest images are 1024 x 1024 and common inspection cameras stay
-# under 12 MP, while a 4096 x 4096 RGB image is 50 MB decoded, which one worker holds easily.
+# 16.8 megapixels: MVTec AD's largest images are 1024 x 1024 and a 12-megapixel camera frame still
+# fits, while a 4096 x 4096 RGB image is 50 MB decoded, which one worker holds easily.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_PIXELS_ENV = "MEMSEG_MAX_PIXELS"
 MAX_PIXELS_KEY = "max_pixels"
