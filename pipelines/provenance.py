@@ -173,7 +173,7 @@ def paper_exclusion(facts: CategoryFacts) -> str:
         reasons.append("the backbone weights were not recorded")
     elif facts.backbone_weights == NO_WEIGHTS:
         reasons.append(f"the backbone is not pretrained ({BACKBONE_WEIGHTS}={NO_WEIGHTS})")
-    return " and ".join(reasons)
+    return ", and ".join(reasons)
 
 
 def _grouped(values: Mapping[str, str]) -> str:

@@ -258,7 +258,7 @@ def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) ->
     # Generated data and a random backbone: nothing to compare with the paper's MVTec AD figures.
     assert not [c for c in table.columns if c.startswith(("paper_", "diff_"))], list(table.columns)
     markdown = report.files.markdown.read_text()
-    assert "left out: the data is generated, not MVTec AD and the backbone is not pretrained" in markdown
+    assert "left out: the data is generated, not MVTec AD, and the backbone is not pretrained" in markdown
     assert "dataset: generated: memseg data synth (size=64" in markdown
     assert "image size (px): 64; training steps: 16" in markdown and "weights none = random init" in markdown
     assert "validation set (the chosen trial's split): " in markdown and "trials: 2 per category" in markdown

@@ -93,7 +93,7 @@ def test_report_on_generated_data_states_what_produced_it_without_the_paper(
     assert not [c for c in table.columns if c.startswith(("paper_", "diff_"))], list(table.columns)
     markdown = written.files.markdown.read_text()
     assert "paper I-AUROC" not in markdown and "Δ" not in markdown and "UNVERIFIED" not in markdown
-    assert ("The paper's MVTec AD figures and the deltas to them are left out: the data is generated, not MVTec AD "
+    assert ("The paper's MVTec AD figures and the deltas to them are left out: the data is generated, not MVTec AD, "
             "and the backbone is not pretrained (model.backbone_weights=none).") in markdown
     assert "memseg-spec" not in markdown
 

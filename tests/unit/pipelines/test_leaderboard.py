@@ -119,7 +119,7 @@ def test_report_notes_the_texture_source_of_each_category() -> None:
 
 
 def test_without_comparable_rows_there_are_no_paper_columns_and_one_sentence_says_why(tmp_path: Path) -> None:
-    reason = "the data is generated, not MVTec AD and the backbone is not pretrained (model.backbone_weights=none)"
+    reason = "the data is generated, not MVTec AD, and the backbone is not pretrained (model.backbone_weights=none)"
     rows = [CategoryResult(**{**_bottle().__dict__, "compare_with_paper": False, "paper_exclusion": reason}),
             CategoryResult(category="carpet", paper_exclusion=reason)]
     files = write_report(rows, tmp_path, title="t", notes=["dataset: generated"])

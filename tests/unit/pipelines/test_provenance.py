@@ -77,7 +77,7 @@ def test_the_paper_compares_only_with_mvtec_ad_and_a_pretrained_backbone() -> No
     assert provenance.paper_exclusion(_facts(schema.DATASET_GENERATED, "imagenet")) == (
         "the data is generated, not MVTec AD")
     assert provenance.paper_exclusion(_facts(None, "")) == (
-        "the dataset's kind was not recorded and the backbone weights were not recorded")
+        "the dataset's kind was not recorded, and the backbone weights were not recorded")
 
 
 def test_the_header_groups_values_that_differ_between_categories() -> None:
