@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import sweep_gain
 from pipelines.paper_results import CAVEAT, SOURCE, paper_figures
 
 PAPER_COLUMNS = ("paper_image_auroc", "diff_image_auroc", "paper_pixel_auroc", "diff_pixel_auroc")
@@ -43,7 +44,9 @@ METRIC_COLUMNS = (
 # How well validation predicts test across a category's trials; the reason is in the CSV and listed
 # under the Markdown/HTML table rather than in a cell.
 VAL_TEST_COLUMNS = ("val_test_rho", "val_test_rho_aupro", "val_test_trials", "val_test_reason")
-_LISTED_BELOW = frozenset({"val_test_reason", "hyperparameters"})
+# The sweep gain's columns are in the CSV; Markdown and HTML show them in their own section.
+_LISTED_BELOW = frozenset({"val_test_reason", "hyperparameters", *sweep_gain.CSV_COLUMNS})
+_GAIN_NUMBERS = tuple(c for c in sweep_gain.CSV_COLUMNS if c != "gain_noise")
 VAL_TEST_NOTE = (
     "ρ val/test: Spearman rank correlation, across this category's trials, of the validation selection "
     "metric with the same metric on test (ρ AUPRO: with the test AUPRO), over the trials counted in "
@@ -62,6 +65,7 @@ COLUMNS = (
     "best_trial",
     "model",
     "hyperparameters",
+    *sweep_gain.CSV_COLUMNS,
 )
 HEADERS = {
     "category": "category",
@@ -121,6 +125,7 @@ class CategoryResult:
         compare_with_paper: the paper's MVTec AD figures compare with this row's (MVTec AD data, a
             pretrained backbone); otherwise its paper and delta cells stay empty.
         paper_exclusion: why they do not compare ("" when they do).
+        gain: the training-free baseline, the authors' defaults and the chosen trial (None without a winner).
     """
 
     category: str
@@ -142,6 +147,7 @@ class CategoryResult:
     defaults: Mapping[str, object] = field(default_factory=dict)
     compare_with_paper: bool = False
     paper_exclusion: str = ""
+    gain: sweep_gain.SweepGain | None = None
 
 
 def _pct(value: float | None) -> float:
@@ -190,13 +196,14 @@ def build_table(results: Sequence[CategoryResult]) -> pd.DataFrame:
             val_test_trials=r.val_test_trials if r.val_test_trials >= 0 else "",
             val_test_reason=r.val_test_reason,
         )
+        row.update(r.gain.csv_fields() if r.gain is not None else {c: math.nan for c in _GAIN_NUMBERS})
         rows.append(row)
     columns = [c for c in COLUMNS if c not in PAPER_COLUMNS or any(r.compare_with_paper for r in results)]
     table = pd.DataFrame(rows, columns=columns)
     if len(rows) > 1:
         mean: dict[str, object] = {c: "" for c in columns}
         mean["category"] = MEAN_ROW
-        for c in METRIC_COLUMNS:
+        for c in (*METRIC_COLUMNS, *_GAIN_NUMBERS):
             if c in table.columns:
                 mean[c] = table[c].mean(skipna=True) if table[c].notna().any() else math.nan
         for c in ("trials_run", "trials_pruned", "trials_failed", "cpu_hours", "gpu_hours"):
@@ -296,6 +303,9 @@ def render_markdown(
     lines.append("")
     lines.append(metrics_note)
     lines += ["", *(f"- {line}" for line in below)]
+    gain = sweep_gain.markdown_lines([r.gain for r in results if r.gain is not None])
+    if gain:
+        lines += ["", *gain]
     if results:
         lines += ["", "## Chosen configuration", "", CONFIG_NOTE]
     for r in results:
@@ -348,6 +358,7 @@ def render_html(
         f"<p>{html.escape(metrics_note)}</p>",
         "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in below) + "</ul>",
     ]
+    parts += _gain_html([r.gain for r in results if r.gain is not None])
     if results:
         parts += ["<h2>Chosen configuration</h2>", f"<p>{html.escape(CONFIG_NOTE)}</p>"]
     for r in results:
@@ -369,6 +380,20 @@ def render_html(
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _gain_html(gains: Sequence[sweep_gain.SweepGain]) -> list[str]:
+    """The "Sweep gain" section as HTML (nothing without categories)."""
+    if not gains:
+        return []
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in sweep_gain.HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in sweep_gain.table_rows(gains))
+    return [
+        "<h2>Sweep gain</h2>", f"<p>{html.escape(sweep_gain.SECTION_NOTE)}</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in sweep_gain.summary_lines(gains)) + "</ul>",
+    ]
 
 
 @dataclass(frozen=True)

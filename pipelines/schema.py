@@ -97,6 +97,22 @@ VAL_TEST_REASON = "val_test_reason."
 # against it is reported whatever the selection metric.
 VAL_TEST_ALSO = keys.TEST_PIXEL_AUPRO
 
+# The sweep's gain over the authors' defaults and over a training-free baseline (docs/report.md,
+# "Sweep gain"). The sweep stage tags the parent run with the trial that ran the authors' defaults (the
+# first point Optuna evaluates) and logs the training-free baseline's figures there
+# (``baseline.val_pixel_auroc``, ``baseline.test_pixel_auroc`` ..., ``baseline.wall_time_s``); the report
+# logs what it compares: ``defaults.<figure>``, ``chosen.<figure>``, ``sweep_gain.<figure>`` (chosen minus
+# defaults), where ``<figure>`` is the validation selection metric (its best-so-far value, what ranked the
+# trials) or its test counterpart, and the sweep's cost, ``sweep.trials`` and ``sweep.trial_hours``.
+TAG_DEFAULTS_TRIAL = "defaults_trial_id"
+BASELINE_PREFIX = "baseline."
+BASELINE_WALL_TIME = f"{BASELINE_PREFIX}wall_time_s"
+DEFAULTS_PREFIX = "defaults."
+CHOSEN_PREFIX = "chosen."
+GAIN_PREFIX = "sweep_gain."
+SWEEP_TRIALS = "sweep.trials"
+SWEEP_TRIAL_HOURS = "sweep.trial_hours"
+
 # --- registered models and versions (register stage) ---------------------------------------------------------
 
 MODEL_PREFIX = "memseg-"
@@ -330,6 +346,8 @@ class ParentRun:
     val_test: Mapping[str, RankCorrelation] = field(default_factory=dict)
     dataset: DatasetFacts | None = None
     swept_defaults: Mapping[str, str] | None = None
+    # The trial that ran the authors' defaults (None when none did, or before the sweep stage tagged it).
+    defaults_trial_id: str | None = None
 
     @classmethod
     def from_run(cls, run: Run) -> ParentRun:
@@ -359,6 +377,7 @@ class ParentRun:
             val_test=_val_test_of(run.data.metrics, tags, what),
             dataset=DatasetFacts.from_tags(tags, what),
             swept_defaults=swept_defaults_of(tags, what),
+            defaults_trial_id=tags.get(TAG_DEFAULTS_TRIAL) or None,
         )
 
     @property
