@@ -1,9 +1,10 @@
 """The live status of a sweep: trials pending/running/finished/pruned/failed per category and the best so far.
 
 One :class:`SweepStatus` board lives in the driver; every category's Tuner gets a
-:class:`StatusCallback` that copies its trials onto the board, and :class:`StatusPrinter` prints the
-board as a table every few seconds. The callback finds the board through a module-level registry
-keyed by sweep id instead of holding it: Tune pickles callbacks into the experiment state, and after
+:class:`StatusCallback` that copies its trials onto the board, and :class:`StatusPrinter` shows it:
+the table redrawn in place on a terminal, one line per change of a trial's state elsewhere. The
+callback finds the board through a module-level registry keyed by sweep id instead of holding it:
+Tune pickles callbacks into the experiment state, and after
 ``Tuner.restore`` in a new driver process the unpickled callback must report to the new board.
 
 :func:`classify` is the one definition of a trial's outcome, shared with the MLflow tracking:
@@ -202,21 +203,75 @@ class StatusCallback(Callback):
 
 
 class StatusPrinter:
-    """Prints the board every ``interval_s`` seconds from a daemon thread (a context manager)."""
+    """Shows the board from a daemon thread while the sweep runs (a context manager).
 
-    def __init__(self, board: SweepStatus, interval_s: float, stream: TextIO) -> None:
+    On a terminal the table is redrawn in place every ``interval_s`` seconds. Anywhere else (a log
+    file, a pipe, CI) a reprinted table is only noise, so each change of a trial's state is one line
+    (:meth:`changes`), checked every ``poll_s`` seconds, and the table is printed once, by
+    :meth:`print` when the sweep has ended.
+    """
+
+    def __init__(self, board: SweepStatus, interval_s: float, stream: TextIO, *, poll_s: float = 1.0) -> None:
         self.board = board
         self.interval_s = interval_s
         self.stream = stream
+        self.tty = _is_tty(stream)
+        self.poll_s = interval_s if self.tty else min(poll_s, interval_s)
+        self._drawn = 0  # lines of the table last drawn on the terminal
+        self._seen: dict[tuple[str, str], Outcome] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sweep-status", daemon=True)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.print()
+        while not self._stop.wait(self.poll_s):
+            self.update()
+
+    def update(self) -> None:
+        """Redraw the table (terminal) or write one line per trial whose state changed (otherwise)."""
+        with self._lock:
+            if self.tty:
+                self._redraw()
+            else:
+                self._write(self.changes())
+
+    def changes(self) -> list[str]:
+        """One line per trial whose state changed since the last call (its first sighting included)."""
+        lines = []
+        stamp = time.strftime("%H:%M:%S")
+        for cat, view in self.board.snapshot().items():
+            for trial in view.trials.values():
+                if self._seen.get((cat, trial.trial_id)) == trial.outcome:
+                    continue
+                self._seen[(cat, trial.trial_id)] = trial.outcome
+                line = f"{stamp}  {cat}  trial {trial.trial_id}  {trial.outcome}"
+                if trial.outcome in ("finished", "pruned", "failed") and trial.step is not None:
+                    line += f" at step {trial.step}"
+                if trial.outcome != "running" and trial.score is not None and math.isfinite(trial.score):
+                    line += f", {self.board.metric} {trial.score:.4f}"
+                lines.append(line)
+        return lines
 
     def print(self) -> None:
-        print(self.board.render(), file=self.stream, flush=True)
+        """The final state: pending state changes, then the table (in place on a terminal)."""
+        with self._lock:
+            if self.tty:
+                self._redraw()
+            else:
+                self._write([*self.changes(), self.board.render()])
+
+    def _redraw(self) -> None:
+        table = self.board.render()
+        # Cursor up over the previous table and clear to the end of the screen, then draw.
+        erase = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+        self.stream.write(erase + table + "\n")
+        self.stream.flush()
+        self._drawn = table.count("\n") + 1
+
+    def _write(self, lines: Sequence[str]) -> None:
+        if lines:
+            self.stream.write("".join(f"{line}\n" for line in lines))
+            self.stream.flush()
 
     def __enter__(self) -> StatusPrinter:
         self._thread.start()
@@ -225,6 +280,13 @@ class StatusPrinter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or stream-like object without a terminal
+        return False
 
 
 def summarize(views: Mapping[str, CategoryView]) -> dict[str, dict[Outcome, int]]:
