@@ -456,14 +456,42 @@ def register_category(
 
 def _ensure_registered_model(client: MlflowClient, name: str, winner: Winner) -> None:
     try:
-        client.get_registered_model(name)
+        model = client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
             name,
             tags={TAG_CATEGORY: winner.category, TAG_DATASET: winner.dataset},
-            description=f"MemSeg for {winner.dataset}/{winner.category}. Aliases: champion (serving), "
-            "challenger (latest sweep winner). Load with models:/<name>@champion.",
+            description=model_description(name, winner),
         )
+        return
+    if "models:/<name>" in (model.description or ""):  # written before the URI was spelled out
+        client.update_registered_model(name, description=model_description(name, winner))
+
+
+def model_description(name: str, winner: Winner) -> str:
+    """The registered model's description (Markdown): its real ``models:/`` URI, serving and a request."""
+    uri = f"models:/{name}@{schema.CHAMPION}"
+    return _DESCRIPTION.format(dataset=winner.dataset, category=winner.category, uri=uri,
+                               champion=schema.CHAMPION, challenger=CHALLENGER)
+
+
+_DESCRIPTION = """MemSeg for {dataset}/{category}. Aliases: `{champion}` (serving), `{challenger}` (latest winner).
+
+Load: `mlflow.pyfunc.load_model("{uri}")`
+
+Serve: `mlflow models serve -m {uri} --env-manager local -p 5001`
+
+Request (one base64 PNG/JPEG per row; docs/serving.md):
+
+```python
+import base64, json, urllib.request
+image = base64.b64encode(open("image.png", "rb").read()).decode()
+body = {{"dataframe_split": {{"columns": ["image"], "data": [[image]]}}}}
+req = urllib.request.Request("http://127.0.0.1:5001/invocations", data=json.dumps(body).encode(),
+                             headers={{"Content-Type": "application/json"}})
+print(json.load(urllib.request.urlopen(req))["predictions"][0]["score"])
+```
+"""
 
 
 def _ensure_challenger(client: MlflowClient, name: str, version: str, *, created: bool) -> None:
@@ -485,8 +513,8 @@ def _record_on_runs(
             if evaluation.panels:
                 client.log_artifacts(winner.run_id, tmp, HEATMAP_DIR)
     if winner.parent_run_id:
-        for key, value in evaluation.metrics.items():
-            client.log_metric(winner.parent_run_id, key, value)
+        for key, value in evaluation.metrics.items():  # best.test_*: the trial charts' test_* stay the trials'
+            client.log_metric(winner.parent_run_id, schema.parent_best_metric(key), value)
         for key, text in {
             schema.TAG_BEST_TRIAL: winner.trial_id,
             schema.TAG_BEST_RUN: winner.run_id or "",

@@ -33,6 +33,18 @@ TAG_SPEC = "sweep_spec"
 TAG_NOTE = "mlflow.note.content"
 
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces overview); this value (the
+# UI's "custom model development" kind) makes it open on the runs table. The UI's link to that table
+# is ``#/experiments/<id>/runs?workflowType=machine_learning`` (:func:`runs_view_fragment`).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+
+def runs_view_fragment(experiment_id: str) -> str:
+    """The MLflow UI route (after ``#``) of an experiment's runs table, whatever kind the UI infers."""
+    return f"/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def experiment_name(sweep_id: str) -> str:
     """The MLflow experiment of a sweep."""
     return f"{EXPERIMENT_PREFIX}{sweep_id}"
@@ -48,6 +60,15 @@ ROLE_PARENT = "parent"
 ROLE_TRIAL = "trial"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OUTCOME = "memseg.outcome"
+# A trial ASHA stopped early (or the time budget ended) is a normal outcome, not a failure: its run
+# ends FINISHED, its name ends in RUN_NAME_PRUNED_SUFFIX and PRUNED_FILTER finds it (docs/report.md).
+OUTCOME_PRUNED = "pruned"
+RUN_NAME_PRUNED_SUFFIX = " (pruned)"
+PRUNED_FILTER = f"tags.`{TAG_OUTCOME}` = '{OUTCOME_PRUNED}'"
+# MLflow's own "Created by", "Source" and commit columns, set on every run the pipeline creates.
+TAG_USER = "mlflow.user"
+TAG_SOURCE_NAME = "mlflow.source.name"
+TAG_SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_FAILURES = "memseg.num_failures"
 TAG_ERROR = "memseg.error"
 TAG_GIT = "git_commit"
@@ -82,6 +103,15 @@ TAG_REGISTERED_VERSION = "registered_version"
 # The training loop reports ``best_<selection metric>`` (the best-so-far value, what best_model.pt
 # scores); Tune, ASHA and Optuna maximise it and the parent run's ``tune_metric`` tag names it.
 BEST_PREFIX = "best_"
+# The parent run holds the chosen trial's figures under ``best.<val metric>`` (``best.val_pixel_auroc``),
+# never the trials' own key, so a trial chart has no parent series and no row mixes two trials. Parents
+# written before this carry the score under the trials' ``tune_metric`` key (:attr:`ParentRun.best_score`).
+PARENT_BEST_PREFIX = "best."
+
+
+def parent_best_metric(metric: str) -> str:
+    """The parent run's key of the chosen trial's ``metric``: ``best_val_pixel_auroc`` -> ``best.val_pixel_auroc``."""
+    return PARENT_BEST_PREFIX + metric.removeprefix(BEST_PREFIX)
 
 # How well validation predicts test across a category's trials, on its parent run (sweep stage, at the
 # end of the category's study). The validation side is each trial's ``tune_metric`` (the best-so-far
@@ -384,6 +414,11 @@ class ParentRun:
     def selection_metric(self) -> str:
         """The ``val_*`` metric the category's trials were ranked on."""
         return selection_metric_of(self.tune_metric, f"parent run {self.run_id}")
+
+    @property
+    def best_score(self) -> float | None:
+        """The chosen trial's ``tune_metric`` (under the old key on parents written before ``best.*``)."""
+        return self.metrics.get(parent_best_metric(self.tune_metric), self.metrics.get(self.tune_metric))
 
     @property
     def finished(self) -> bool:

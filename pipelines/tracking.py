@@ -10,8 +10,15 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
   tags ``sweep_id``, ``category``, ``trial_id``, ``git_commit``, ``dataset_fingerprint``;
 * metrics per evaluation (``step`` = training step), heat-map overlays from the reported
   checkpoint's ``heatmaps/`` folder as step-indexed images;
-* a final status that is always FINISHED (step budget reached), KILLED (pruned by ASHA or stopped
-  by the time budget) or FAILED (errored after its retries) - never RUNNING;
+* a final status that is always FINISHED (step budget reached, or pruned: stopped early by ASHA or
+  the time budget, a normal outcome shown by the run name's `` (pruned)`` suffix and found with
+  :data:`~pipelines.schema.PRUNED_FILTER`) or FAILED (errored after its retries) - never RUNNING;
+  a run the driver had to close without its trial ending is KILLED;
+* MLflow's ``mlflow.user``, ``mlflow.source.name`` and ``mlflow.source.git.commit`` on every run
+  (:func:`source_tags`), so "Created by" and "Source" are filled in;
+* on the parent run, once its study ended, the chosen trial's params and its score as
+  ``best.<val metric>`` (:func:`~pipelines.schema.parent_best_metric`): no row mixes the base config
+  with a trial's figures, and no parent series joins the trials' step-indexed charts;
 * when the study has ended, each trial's best checkpoint measured on test (``test_*`` on its run;
   trials train without it) and, on the parent run, how well the trials' validation ranking
   predicted their test ranking (:func:`record_val_test`). The measuring is injected
@@ -33,10 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import getpass
 import logging
 import math
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -72,11 +81,14 @@ from pipelines.schema import (
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_ROLE,
+    TAG_SOURCE_GIT_COMMIT,
+    TAG_SOURCE_NAME,
     TAG_SPACE,
     TAG_SWEEP,
     TAG_TRIAL,
     TAG_TRIAL_DIR,
     TAG_TUNE_METRIC,
+    TAG_USER,
     ParentRun,
     TrialRun,
     experiment_name,
@@ -105,7 +117,7 @@ _TUNE_KEYS = frozenset({
 })  # ... and every non-numeric value (node ip, hostname, the node id, which becomes a tag)
 # The trial's own output folder is a worker-local path; it is a tag (trial_dir), not a param.
 _NOT_PARAMS = frozenset({"train.output_dir"})
-_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+_STATUS = {"finished": "FINISHED", schema.OUTCOME_PRUNED: "FINISHED", "failed": "FAILED"}
 
 
 @dataclass(frozen=True)
@@ -212,10 +224,23 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
-    """How to look at the sweep: a link for a server, the ``mlflow ui`` command for a local store."""
+    """How to look at the sweep's runs table: a link for a server, the ``mlflow ui`` command for a local store."""
+    route = schema.runs_view_fragment(experiment_id)
     if uri.lower().startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        return f"{uri.rstrip('/')}/#{route}"
+    return f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#{route}"
+
+
+def source_tags(commit: str) -> dict[str, str]:
+    """MLflow's "Created by" / "Source" tags of a run the pipeline creates (the commit only when known)."""
+    tags = {TAG_SOURCE_NAME: Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "memseg"}
+    try:
+        tags[TAG_USER] = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry): MLflow leaves it empty too
+        pass
+    if commit and commit != "unknown":
+        tags[TAG_SOURCE_GIT_COMMIT] = commit
+    return tags
 
 
 def _tag_filter(tags: Mapping[str, str]) -> str:
@@ -264,10 +289,14 @@ class SweepTracking:
         if exp is None:
             self.experiment_id = self.client.create_experiment(
                 name, artifact_location=artifact_location,
-                tags={TAG_SWEEP: sweep_id, schema.TAG_SPEC: spec_name, schema.TAG_NOTE: description},
+                tags={TAG_SWEEP: sweep_id, schema.TAG_SPEC: spec_name, schema.TAG_NOTE: description,
+                      schema.TAG_EXPERIMENT_KIND: schema.EXPERIMENT_KIND_TRAINING},
             )
         else:
             self.experiment_id = exp.experiment_id
+            if schema.TAG_EXPERIMENT_KIND not in exp.tags:  # made before the tag existed
+                self.client.set_experiment_tag(
+                    self.experiment_id, schema.TAG_EXPERIMENT_KIND, schema.EXPERIMENT_KIND_TRAINING)
         self._parents: dict[str, str] = {}
 
     def parent_run_id(self, plan: CategoryPlan) -> str:
@@ -288,10 +317,10 @@ class SweepTracking:
                     **tags, TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint,
                     TAG_SPACE: plan.space.space_name, TAG_TUNE_METRIC: plan.metric,
                     TAG_EXPERIMENT_PATH: plan.experiment_path, **provenance.parent_tags(plan),
+                    **source_tags(self.commit),
                 },
             )
             run_id = run.info.run_id
-            _log_params(self.client, run_id, _params_of(plan.base_config))
         self._parents[plan.category] = run_id
         return run_id
 
@@ -306,7 +335,8 @@ class SweepTracking:
             base_config=plan.base_config.model_dump(),
             step_budget=plan.step_budget,
             metric=plan.metric,
-            tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name},
+            tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name,
+                  **source_tags(self.commit)},
         )
 
     def finalize(
@@ -367,11 +397,24 @@ class SweepTracking:
             best_run = [r for r in children if r.data.tags.get(TAG_TRIAL) == best.trial_id]
             if best_run:
                 self.client.set_tag(parent, TAG_BEST_RUN, best_run[0].info.run_id)
+                self._copy_params(parent, best_run[0])
             if best.score is not None and math.isfinite(best.score):
-                self.client.log_metric(parent, plan.metric, best.score)
+                self.client.log_metric(parent, schema.parent_best_metric(plan.metric), best.score)
         if error:
             self.client.set_tag(parent, TAG_ERROR, str(error)[:5000])
         return parent
+
+
+    def _copy_params(self, parent: str, best_run: Run) -> None:
+        """The chosen trial's params on the parent run (params are write-once: a parent that has others,
+        from a sweep resumed after its winner changed or from before this rule, keeps them, with a warning)."""
+        have = self.client.get_run(parent).data.params
+        want = best_run.data.params
+        if not have:
+            _log_params(self.client, parent, want)
+        elif have != want:
+            logger.warning("parent run %s keeps its params; the chosen trial's are on run %s",
+                           parent, best_run.info.run_id)
 
 
 # --- the per-category Tune callback (runs in the driver, in the category's Tuner thread) -----------
@@ -548,14 +591,17 @@ class MlflowTrialCallback(Callback):
                 continue  # never started: no run was made
             step = (trial.last_result or {}).get("step")
             outcome = classify(trial.status, step, self.step_budget)
-            self._close(run_id, outcome if outcome in _STATUS else "pruned")
+            self._close(run_id, outcome if outcome in _STATUS else schema.OUTCOME_PRUNED)
         for run in find_runs(self._client, self.experiment_id, {TAG_PARENT: self.parent_run_id}):
             if run.info.status == "RUNNING" and run.data.tags.get(TAG_TRIAL) not in known:
-                self._close(run.info.run_id, "pruned")
+                self._close(run.info.run_id, schema.OUTCOME_PRUNED)
 
     def _close(self, run_id: str, outcome: str) -> None:
         status = _STATUS[outcome]
         run = self._client.get_run(run_id)
+        name = run.info.run_name or ""
+        if outcome == schema.OUTCOME_PRUNED and not name.endswith(schema.RUN_NAME_PRUNED_SUFFIX):
+            self._client.update_run(run_id, name=name + schema.RUN_NAME_PRUNED_SUFFIX)
         if run.info.status == status and run.data.tags.get(TAG_OUTCOME) == outcome:
             return
         self._client.set_tag(run_id, TAG_OUTCOME, outcome)

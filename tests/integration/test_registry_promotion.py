@@ -212,6 +212,14 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     version = schema.RegisteredVersion.from_version(client.get_model_version(reg.name, reg.version))
     assert version.selection_metric == "val_pixel_aupro" and version.trial_id == "t_aupro"
     assert version.val_metrics["val_pixel_aupro"] == pytest.approx(0.9)
+    # The description's URI is the real one (Markdown eats a <name>), with a request ready to paste.
+    description = client.get_registered_model(reg.name).description
+    assert f"models:/{reg.name}@champion" in description and "<name>" not in description
+    assert '"dataframe_split"' in description and "/invocations" in description
+    # The parent run holds the winner's test figures under best.*, not the trials' test_* keys.
+    parent_metrics = client.get_run(sweep.parent_run_id(plan)).data.metrics
+    assert parent_metrics["best.test_pixel_aupro"] == pytest.approx(reg.test_metrics["test_pixel_aupro"])
+    assert "test_pixel_aupro" not in parent_metrics
 
     # No metric in the policy: the gate compares the model's selection metric.
     outcome = promotion.promote(uri, reg.name, promotion.PromotionPolicy(floor=0.0), device="cpu")

@@ -149,11 +149,11 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
             assert len(pngs) >= 2 * len(history)  # eval.heatmap_samples=2 per evaluation
             nodes.add(run.data.tags[schema.TAG_NODE])
             scores[tid] = max(m.value for m in history)
-        finished = [tid for tid, r in mine.items() if r.info.status == "FINISHED"]
+        finished = [tid for tid, r in mine.items() if r.data.tags[schema.TAG_OUTCOME] == "finished"]
         assert finished, "ASHA lets the first trial to reach each rung go on"
         best = max(scores, key=scores.get)
         assert parent.data.tags[schema.TAG_BEST_TRIAL] == best
-        assert parent.data.metrics[METRIC] == pytest.approx(scores[best])
+        assert parent.data.metrics[schema.parent_best_metric(METRIC)] == pytest.approx(scores[best])
         assert f"{category}: {scores[best]:.4f}  trial {best}" in out.stdout
         best_cfg = load_config(storage / sweep_id / category / "best_config.yaml")  # retrains the winner
         expected = {k: "None" if v is None else str(v) for k, v in best_cfg.flatten().items()}

@@ -7,6 +7,7 @@ the checkpoints are real ``ray.tune.Checkpoint`` folders with heat-map PNGs; the
 
 from __future__ import annotations
 
+import getpass
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from memseg.config import field_names
 from pipelines import schema, tracking
 from sweeps import driver
 from sweeps.spec import load_sweep_spec
@@ -130,16 +132,38 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     read = schema.ParentRun.from_run(parent)  # everything the later stages need is there
     assert (read.sweep_id, read.category, read.tune_metric) == (plan.sweep_id, "bottle", plan.metric)
     assert read.experiment_path == plan.experiment_path and read.finished
-    assert parent.data.metrics[plan.metric] == pytest.approx(0.8)
+    # The parent holds the chosen trial's score under best.*, never under a key the trials chart.
+    assert parent.data.metrics[schema.parent_best_metric(plan.metric)] == pytest.approx(0.8)
+    assert read.best_score == pytest.approx(0.8)
+    trial_keys = {k for r in children.values() for k in r.data.metrics}
+    assert not set(parent.data.metrics) & trial_keys, set(parent.data.metrics) & trial_keys
+    for key in parent.data.metrics:  # no series: one value, at step 0
+        assert [m.step for m in client.get_metric_history(parent.info.run_id, key)] == [0], key
+    # ... and the chosen trial's params, so no row mixes the base config with a trial's figures.
+    assert parent.data.params == children["t_00000"].data.params
     assert {r.data.tags[schema.TAG_PARENT] for r in children.values()} == {parent.info.run_id}
 
     status = {tid: (r.info.status, r.data.tags.get(schema.TAG_OUTCOME)) for tid, r in children.items()}
     assert status == {
         "t_00000": ("FINISHED", "finished"),
-        "t_00001": ("KILLED", "pruned"),
+        "t_00001": ("FINISHED", "pruned"),
         "t_00002": ("FAILED", "failed"),
-        "t_00003": ("KILLED", "pruned"),
+        "t_00003": ("FINISHED", "pruned"),
     }
+    # Pruned is a normal outcome, visible in the run name and found by the documented filter.
+    names = {tid: r.info.run_name for tid, r in children.items()}
+    assert names["t_00001"] == "bottle-t_00001 (pruned)" and names["t_00000"] == "bottle-t_00000"
+    found = client.search_runs([sweep.experiment_id], filter_string="tags.`memseg.outcome` = 'pruned'")
+    assert sorted(r.data.tags[schema.TAG_TRIAL] for r in found) == ["t_00001", "t_00003"]
+    assert schema.PRUNED_FILTER == "tags.`memseg.outcome` = 'pruned'"  # the string docs/report.md gives
+    # "Created by" and "Source" are filled in on every run, parent and trials.
+    for r in runs:
+        assert r.data.tags[schema.TAG_USER] == getpass.getuser(), r.info.run_name
+        assert r.data.tags[schema.TAG_SOURCE_NAME], r.info.run_name
+        assert r.data.tags[schema.TAG_SOURCE_GIT_COMMIT] == "abc123", r.info.run_name
+    # The UI opens the experiment on its runs table, not the GenAI overview.
+    experiment = client.get_experiment(sweep.experiment_id)
+    assert experiment.tags[schema.TAG_EXPERIMENT_KIND] == schema.EXPERIMENT_KIND_TRAINING == "custom_model_development"
     assert children["t_00002"].data.tags[schema.TAG_FAILURES] == "2"
     assert "injected" in children["t_00002"].data.tags[schema.TAG_ERROR]
 
@@ -153,7 +177,8 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     assert run.data.params["data.texture_source"] == "procedural"  # the smoke spec's explicit choice
     assert parent.data.params["data.texture_source"] == "procedural"
     assert children["t_00001"].data.params["synthesis.perlin_threshold"] == "0.45"
-    assert "train.output_dir" not in run.data.params
+    # Every config field but the worker-local output folder, and nothing else (no test hook).
+    assert set(run.data.params) == set(field_names()) - {"train.output_dir"}
     history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(8, 0.6), (16, 0.8)]
     assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
@@ -190,3 +215,16 @@ def test_worker_env_carries_uri_and_credentials(monkeypatch: pytest.MonkeyPatch)
     env = tracking.worker_env("http://mlflow:5000")
     assert env == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "svc",
                    "MLFLOW_TRACKING_PASSWORD": "pw"}
+
+
+def test_ui_link_opens_the_runs_table() -> None:
+    link = tracking.ui_hint("http://mlflow:5000/", "7")
+    assert link == "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+    local = tracking.ui_hint("sqlite:///tmp/mlflow.db", "7")
+    assert local.endswith("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning")
+
+
+def test_source_tags_name_the_commit_only_when_known() -> None:
+    assert tracking.source_tags("abc123")[schema.TAG_SOURCE_GIT_COMMIT] == "abc123"
+    assert schema.TAG_SOURCE_GIT_COMMIT not in tracking.source_tags("unknown")  # not a git checkout
+    assert tracking.source_tags("unknown")[schema.TAG_USER] == getpass.getuser()
