@@ -38,7 +38,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from memseg.metrics import keys
-from pipelines import leaderboard, provenance, registry, schema, sweep_plots
+from pipelines import leaderboard, provenance, registry, schema, sweep_gain, sweep_plots
 from pipelines.paper_results import paper_categories
 from pipelines.schema import (
     HEATMAP_DIR,
@@ -156,6 +156,7 @@ def collect_category(
                                       source.params if source else {}, len(children))
     exclusion = provenance.paper_exclusion(facts)
     rho, rho_aupro, n, reason = _val_test_fields(parent)
+    gain = _sweep_gain(parent, children, best_run, test, hours, facts) if best_run is not None else None
     result = leaderboard.CategoryResult(
         category=category,
         val=val,
@@ -176,6 +177,7 @@ def collect_category(
         defaults=defaults,
         compare_with_paper=not exclusion,
         paper_exclusion=exclusion,
+        gain=gain,
     )
     study = sweep_plots.build_study(
         _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
@@ -184,6 +186,45 @@ def collect_category(
     plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
     texture = next((r.params[TEXTURE_SOURCE] for r in (best_run, *children) if r and TEXTURE_SOURCE in r.params), "")
     return CategoryReport(result, parent.run_id, parent.selection_metric, plots, texture, facts)
+
+
+def _sweep_gain(
+    parent: ParentRun,
+    children: Sequence[TrialRun],
+    best_run: TrialRun,
+    chosen_test: Mapping[str, float],
+    trial_hours: float,
+    facts: provenance.CategoryFacts,
+) -> sweep_gain.SweepGain:
+    """The category's ladder: the baseline from the parent run, the defaults and chosen trials from their runs.
+
+    Validation is each trial's ``tune_metric`` (the best-so-far selection metric that ranked it); test is
+    its best checkpoint's figure, the chosen trial's as the report shows it (the registered version's).
+    """
+    metric = parent.selection_metric.removeprefix(keys.VAL_PREFIX)
+    test_key = keys.TEST_PREFIX + metric
+    defaults = next((r for r in children if r.trial_id == parent.defaults_trial_id), None)
+    defaults_test = math.nan
+    if defaults is not None:
+        defaults_test = defaults.metrics.get(test_key, math.nan)
+        if defaults.trial_id == best_run.trial_id:
+            defaults_test = chosen_test.get(test_key, defaults_test)
+    baseline_val, baseline_test = sweep_gain.baseline_figures(parent.metrics, metric)
+    return sweep_gain.SweepGain(
+        category=parent.category,
+        metric=metric,
+        chosen_trial=best_run.trial_id,
+        defaults_trial=defaults.trial_id if defaults is not None else None,
+        baseline_val=baseline_val,
+        baseline_test=baseline_test,
+        defaults_val=defaults.metrics.get(parent.tune_metric, math.nan) if defaults is not None else math.nan,
+        defaults_test=defaults_test,
+        chosen_val=best_run.metrics.get(parent.tune_metric, math.nan),
+        chosen_test=chosen_test.get(test_key, math.nan),
+        trials=len(children),
+        trial_hours=trial_hours,
+        validation=facts.validation,
+    )
 
 
 def texture_source_note(categories: Sequence[CategoryReport]) -> str:
@@ -291,6 +332,9 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
                                      notes=notes)
     if log_to_mlflow:
         for cat in categories:
+            if cat.result.gain is not None:
+                for key, value in sorted(cat.result.gain.parent_metrics().items()):
+                    client.log_metric(cat.parent_run_id, key, value)
             for file in (files.markdown, files.csv, files.html):
                 client.log_artifact(cat.parent_run_id, str(file), REPORT_ARTIFACT_DIR)
             for plot in cat.plots:

@@ -7,7 +7,9 @@ and the sweep continues with ``--resume``. When the studies have ended, the tria
 are measured on test for the parent runs' val/test rank correlation: one Ray task per trial, with the
 resources of a trial, all submitted at once (:class:`RayTestMeasurement`), so the measuring runs on the
 workers that trained them, not in the driver. A category with fewer than 3 scored trials is not
-measured; ``budget.measure_trials_on_test: false`` measures none.
+measured; ``budget.measure_trials_on_test: false`` measures none. Then each category's parent run
+gets what the report's sweep gain needs (:mod:`pipelines.gain_tracking`): the authors'-defaults trial,
+its test figures and the training-free baseline's figures.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TextIO
 import ray
 
 from memseg.training.seeding import set_num_threads
-from pipelines import registry, tracking
+from pipelines import gain_tracking, registry, tracking
 from pipelines.errors import SweepInterrupted
 from sweeps import driver
 from sweeps.dataset import ensure_dataset
@@ -161,11 +163,18 @@ def close_tracked_sweep(
 
     Ray is still connected here in a sweep; the trials of all the categories go to the cluster at once.
     """
+    measure = None
     if spec.budget.measure_trials_on_test:
         measure = RayTestMeasurement.for_spec(spec, tracker.uri, data_root=data_root)
+    if measure is not None:
         tracking.close_sweep(tracker, plans, results, test_figures=measure)
     else:
         tracking.close_sweep(tracker, plans, results, not_measured=NOT_MEASURED_REASON)
+    # The report's sweep gain: the defaults trial, its test figures and the training-free baseline.
+    gain_tracking.record_gain_inputs(
+        tracker.client, tracker.experiment_id,
+        [(plan, results.get(plan.category), tracker.parent_run_id(plan)) for plan in plans], test_figures=measure,
+    )
 
 
 def trial_test_figures(
