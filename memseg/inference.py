@@ -140,7 +140,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         msg = f"{file}: weights do not fit the model of its config ({exc})"
         raise CheckpointError(msg) from exc
     model.to(device).eval()
-    log.info("loaded %s (category %s, step %s)", file, cfg.data.category, payload.get("step"))
+    # DEBUG: registration, the gate and the test measurement load checkpoints many times per run.
+    log.debug("loaded %s (category %s, step %s)", file, cfg.data.category, payload.get("step"))
     return model, cfg
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import TextIO
 
 from memseg.errors import ConfigError, MemSegError
-from pipelines import promotion, registry, report
-from pipelines.leaderboard import format_value
+from memseg.metrics import keys
+from pipelines import promotion, registry, report, sweep_gain
+from pipelines.leaderboard import CategoryResult, format_value
 from pipelines.promotion import PromotionOutcome, PromotionPolicy
 from pipelines.registry import Registration
 from pipelines.report import SweepReport
@@ -164,7 +165,7 @@ def run_pipeline(
         where = {"data.root": spec.data.root, "storage.path": spec.storage.path}
         with tracking_guard(uri):
             run_tracked_sweep(spec, tracking_uri=uri, categories=pending, resume=exists, sweep_id=sweep_id,
-                              changes=where, stream=out)
+                              changes=where, stream=out, summary_params=False)
         result.swept = pending
     step("sweep", None)
 
@@ -206,25 +207,31 @@ def run_pipeline(
 
 
 def format_summary(result: PipelineResult) -> str:
-    """What produced the figures, the selection metric and the chosen values that differ from the
-    defaults per category, where the report is and how to open the MLflow UI."""
+    """The end of the run: what produced the figures, one table of the categories (the authors'-defaults
+    trial beside the chosen one, on validation and test, the registered version and the champion), the
+    chosen values that differ from the defaults, the overall sweep gain, then where to look."""
     lines = [f"\npipeline done: sweep {result.sweep_id}"]
+    cats = result.report.categories if result.report else []
     if result.report is not None:
         lines += [f"  {line}" for line in result.report.provenance]
-    for cat in result.report.categories if result.report else []:
-        r = cat.result
-        sel = cat.selection_metric
-        best = f"{sel}={r.val[sel]:.4f}" if sel in r.val else f"no {sel} figure"
-        test = r.test.get("test_image_auroc")
-        test_text = f", test image AUROC {test:.4f}" if test is not None else ""
-        if math.isfinite(r.val_test_rho):  # an undefined rho is explained in the report, not here
-            test_text += f", val/test rho {r.val_test_rho:.2f} over {r.val_test_trials} trials"
-        promo = result.promotions.get(r.category)
-        champion = f", champion v{promo.champion_after}" if promo and promo.champion_after else ""
-        lines.append(f"  {r.category}: {best}{test_text}  trial {r.best_trial}  {r.model}{champion}")
-        for key, value in sorted(r.params.items()):
-            if key in r.defaults:  # the full configuration is in the report
-                lines.append(f"      {key} = {format_value(value)} (default {format_value(r.defaults[key])})")
+    if cats:
+        selection = sorted({c.selection_metric for c in cats})
+        lines.append(f"  selected on {', '.join(selection)}; figures in %; defaults = the trial that ran the "
+                     "authors' defaults, chosen = the sweep's pick")
+        rows = [_SUMMARY_HEADER, *(_summary_row(c.result, c.selection_metric, result) for c in cats)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_SUMMARY_HEADER))]
+        for row in rows:
+            cells = [cell.ljust(w) if i in (0, 6, 7, 8) else cell.rjust(w) for i, (cell, w) in
+                     enumerate(zip(row, widths, strict=True))]
+            lines.append("  " + "  ".join(cells).rstrip())
+        for cat in cats:
+            r = cat.result
+            changed = [f"{k} {format_value(v)} (default {format_value(r.defaults[k])})"
+                       for k, v in sorted(r.params.items()) if k in r.defaults]
+            if changed:  # the full configuration is in the report
+                lines.append(f"  {r.category} chosen vs default: {', '.join(changed)}")
+        gains = [c.result.gain for c in cats if c.result.gain is not None]
+        lines += [f"  {line}" for line in sweep_gain.summary_lines(gains)[:1]]
     for category, error in result.errors.items():
         lines.append(f"  {category}: FAILED: {error}")
     if result.report is not None:
@@ -235,3 +242,25 @@ def format_summary(result: PipelineResult) -> str:
         lines.append(f"serve a champion: MLFLOW_TRACKING_URI={result.tracking_uri} mlflow models serve "
                      f"-m models:/{champions[0]}@champion --env-manager local -p 5001")
     return "\n".join(lines)
+
+
+_SUMMARY_HEADER = ("category", "val defaults", "val chosen", "test defaults", "test chosen", "rho",
+                   "chosen trial", "model", "champion")
+
+
+def _pct(value: float | None) -> str:
+    return f"{100 * value:.2f}" if value is not None and math.isfinite(value) else "-"
+
+
+def _summary_row(r: CategoryResult, selection: str, result: PipelineResult) -> tuple[str, ...]:
+    """One category's row of the closing table (``rho``: how well validation ranked the trials on test)."""
+    test_key = keys.TEST_PREFIX + selection.removeprefix(keys.VAL_PREFIX)
+    gain = r.gain
+    chosen_val = gain.chosen_val if gain is not None else r.val.get(selection)
+    chosen_test = gain.chosen_test if gain is not None else r.test.get(test_key)
+    promo = result.promotions.get(r.category)
+    champion = f"v{promo.champion_after}" if promo and promo.champion_after else "-"
+    rho = f"{r.val_test_rho:.2f}" if math.isfinite(r.val_test_rho) else "-"
+    return (r.category, _pct(gain.defaults_val if gain else None), _pct(chosen_val),
+            _pct(gain.defaults_test if gain else None), _pct(chosen_test), rho, r.best_trial or "-",
+            r.model or "-", champion)

@@ -68,6 +68,7 @@ def run_tracked_sweep(
     changes: Mapping[str, object] | None = None,
     stream: TextIO | None = None,
     trainable_factory: driver.TrainableFactory | None = None,
+    summary_params: bool = True,
 ) -> TrackedSweep:
     """Plan, track and run a sweep; print the status table while it runs and the winners at the end.
 
@@ -81,6 +82,8 @@ def run_tracked_sweep(
             are applied to the spec that ran (a restored study cannot change its space or budgets).
         stream: where the status table and the summary go (default: the current ``sys.stdout``).
         trainable_factory: what the trials run (default: the real trainable; tests wrap it).
+        summary_params: list each winner's swept values in the closing summary (the pipeline prints
+            them once, in its own summary, so it passes False).
 
     Raises:
         SweepError: nothing to resume, or a new sweep's id exists already.
@@ -147,7 +150,7 @@ def run_tracked_sweep(
     finally:
         unregister_board(sweep_id)
     close_tracked_sweep(tracker, spec, plans, result.categories, data_root=str(data_root))
-    print(format_summary(result, tracking_uri, tracker.experiment_id), file=stream, flush=True)
+    print(format_summary(result, tracking_uri, tracker.experiment_id, params=summary_params), file=stream, flush=True)
     return TrackedSweep(result, tracking_uri, tracker.experiment_id)
 
 
@@ -250,16 +253,18 @@ class RayTestMeasurement:
         return out
 
 
-def format_summary(result: SweepResult, uri: str, experiment_id: str) -> str:
-    """The end-of-sweep report: best score, trial and swept values per category, and where to look."""
-    lines = [f"\nsweep {result.sweep_id} done in {result.wall_time_s / 60:.1f} min; best {result.metric} per category:"]
+def format_summary(result: SweepResult, uri: str, experiment_id: str, *, params: bool = True) -> str:
+    """The end-of-sweep report: best score, trial (and with ``params`` its swept values) per category, and where
+    to look."""
+    lines = [f"\nsweep {result.sweep_id} done in {result.wall_time_s / 60:.1f} min; the winner per category "
+             f"({result.metric}):"]
     for cat, res in result.categories.items():
         counts = ", ".join(f"{k} {v}" for k, v in sorted(res.counts().items()))
         if res.best is None:
             lines.append(f"  {cat}: no result ({res.error or 'no trial reported'}) [{counts}]")
             continue
         lines.append(f"  {cat}: {res.best.score:.4f}  trial {res.best.trial_id}  [{counts}]")
-        for key, value in sorted(overrides_from_params(res.best.params).items()):
+        for key, value in sorted(overrides_from_params(res.best.params).items()) if params else ():
             lines.append(f"      {key} = {value}")
         if res.best_config_path:
             lines.append(f"      full config: {res.best_config_path}")

@@ -186,6 +186,7 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
     check_texture_source(base.data)
     storage = f"{absolute_storage(spec.storage.path).rstrip('/')}/{sweep_id}"
     plans = []
+    capped = False
     for category in categories:
         if not (Path(data_root) / category).is_dir():
             raise ConfigError(f"data.root: {Path(data_root) / category} does not exist (category {category!r})")
@@ -198,7 +199,11 @@ def plan_sweep(spec: SweepSpec, sweep_id: str, categories: Sequence[str] | None 
         if cfg.model.memory_size > pool:
             # The authors' N (30; 120 for screw) does not fit a small train/good folder; every trial of
             # the category, swept or not, uses the largest N that leaves validation and training images.
-            logger.info("%s: model.memory_size %d capped to %d by train/good", category, cfg.model.memory_size, pool)
+            # Said once per sweep; the other categories' caps only at DEBUG (one line each adds nothing).
+            logger.log(logging.DEBUG if capped else logging.INFO, "%s: model.memory_size %d capped to %d by "
+                       "train/good (small train/good folders are capped likewise)", category,
+                       cfg.model.memory_size, pool)
+            capped = True
             cfg = cfg.with_overrides({"model.memory_size": pool})
         plans.append(
             CategoryPlan(

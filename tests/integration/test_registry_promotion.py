@@ -257,7 +257,11 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     assert f"ρ undefined for {CATEGORY}: {only[1].reason}" in again.files.markdown.read_text()
     summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written,
                                                       promotions={CATEGORY: outcome}))
-    assert f"{CATEGORY}: val_pixel_aupro=0.9000" in summary
+    # The closing table: one row per category, the chosen trial's validation figure in %, its model.
+    assert "selected on val_pixel_aupro" in summary
+    (row,) = [line for line in summary.splitlines() if line.startswith(f"  {CATEGORY} ")]
+    assert row.split()[2] == "90.00" and "t_aupro" in row.split() and reg.name in row
+    assert summary.count("MLflow UI:") == 1
 
 
 def test_a_parent_run_without_its_tune_metric_is_an_error_naming_it(mlflow_server: MlflowServer) -> None:

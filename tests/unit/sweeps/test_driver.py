@@ -45,6 +45,13 @@ def test_plan_resolves_each_category(spec) -> None:
     assert bottle.base_config.model.memory_size == 20
 
 
+def test_the_memory_cap_is_said_once_per_sweep(spec, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger=driver.logger.name)
+    driver.plan_sweep(spec, "sid")  # both categories are capped
+    capped = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records if "capped to" in r.getMessage()]
+    assert capped == [("INFO", "bottle"), ("DEBUG", "carpet")]
+
+
 def test_default_point_reproduces_the_base_config(spec) -> None:
     plan = driver.plan_sweep(spec, "sid", ["bottle"])[0]
     point = plan.space.default_point()
