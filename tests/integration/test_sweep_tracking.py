@@ -228,3 +228,8 @@ def test_source_tags_name_the_commit_only_when_known() -> None:
     assert tracking.source_tags("abc123")[schema.TAG_SOURCE_GIT_COMMIT] == "abc123"
     assert schema.TAG_SOURCE_GIT_COMMIT not in tracking.source_tags("unknown")  # not a git checkout
     assert tracking.source_tags("unknown")[schema.TAG_USER] == getpass.getuser()
+
+
+def test_the_pruned_filter_is_the_documented_one() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report.md").read_text()
+    assert schema.PRUNED_FILTER in doc
