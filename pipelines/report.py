@@ -17,6 +17,10 @@ report can be written by anyone, any time after the sweep, on any machine that r
   rho the sweep stage wrote to the parent run when the study ended, see
   :data:`pipelines.schema.VAL_TEST_SPEARMAN`), and the texture source its anomaly synthesis used
   (``data.texture_source``: DTD as in the paper, or generated textures), in the report's notes;
+* per category, the sweep gain (:mod:`pipelines.sweep_gain`): the training-free baseline and the
+  authors'-defaults trial (both recorded by the sweep stage, :mod:`pipelines.gain_tracking`) beside the
+  chosen trial, on validation and test, with the overall line and whether the choice is noise; the
+  compared figures are logged on the parent run;
 * :mod:`pipelines.leaderboard` renders CSV/Markdown/HTML next to the paper's figures;
 * :mod:`pipelines.sweep_plots` rebuilds each category's Optuna study from its trial runs and draws
   it; the plots go to that category's parent run (``optuna/``), the leaderboard to every parent run
@@ -331,9 +335,11 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
     files = leaderboard.write_report([c.result for c in categories], out_dir, title=f"MemSeg sweep {sweep_id}",
                                      notes=notes)
     if log_to_mlflow:
+        logged_metrics = {p.run_id: p.metrics for p in parents}
         for cat in categories:
-            if cat.result.gain is not None:
-                for key, value in sorted(cat.result.gain.parent_metrics().items()):
+            logged = logged_metrics.get(cat.parent_run_id, {})
+            for key, value in sorted(cat.result.gain.parent_metrics().items() if cat.result.gain else ()):
+                if logged.get(key) != value:  # a rewritten report adds no history to an unchanged figure
                     client.log_metric(cat.parent_run_id, key, value)
             for file in (files.markdown, files.csv, files.html):
                 client.log_artifact(cat.parent_run_id, str(file), REPORT_ARTIFACT_DIR)

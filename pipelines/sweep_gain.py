@@ -129,11 +129,11 @@ def _delta(value: float) -> str:
 
 
 HEADERS = ("category", "training-free val", "training-free test", "defaults val", "defaults test", "chosen val",
-           "chosen test", "Δ val", "Δ test", "trials", "trial h", "defaults trial", "chosen trial")
+           "chosen test", "gain val", "gain test", "trials", "trial h", "defaults trial", "chosen trial")
 
 
 def table_rows(gains: Sequence[SweepGain]) -> list[list[str]]:
-    """One row per category, in :data:`HEADERS` order (figures in %, Δ = chosen minus defaults)."""
+    """One row per category, in :data:`HEADERS` order (figures in %, gain = chosen minus defaults)."""
     return [
         [g.category, _pct(g.baseline_val), _pct(g.baseline_test), _pct(g.defaults_val), _pct(g.defaults_test),
          _pct(g.chosen_val), _pct(g.chosen_test), _delta(g.gain_val), _delta(g.gain_test), str(g.trials),
@@ -169,7 +169,8 @@ def summary_lines(gains: Sequence[SweepGain]) -> list[str]:
                  f"{sum(g.trial_hours for g in gains if math.isfinite(g.trial_hours)):.3f} trial hours")
     missing = [g.category for g in gains if g.defaults_trial is None]
     if missing:
-        lines.append(f"no trial ran the authors' defaults (search.defaults_first: false?) in: {', '.join(missing)}")
+        lines.append("no authors'-defaults trial recorded (search.defaults_first: false, or a sweep recorded before "
+                     f"the sweep stage tagged it) in: {', '.join(missing)}")
     same = [g.category for g in gains if g.defaults_trial is not None and g.defaults_trial == g.chosen_trial]
     if same:
         lines.append(f"the authors' defaults were chosen in: {', '.join(same)}")
@@ -195,7 +196,7 @@ def markdown_lines(gains: Sequence[SweepGain]) -> list[str]:
 SECTION_NOTE = (
     "The selection metric in %: training-free = nearest memory feature with the same backbone, memory images, "
     "validation set and test split as the authors'-defaults trial, no training; defaults = the sweep's first "
-    "trial, which runs the authors' defaults; chosen = the trial the sweep picked on validation; Δ = chosen "
+    "trial, which runs the authors' defaults; chosen = the trial the sweep picked on validation; gain = chosen "
     "minus defaults; val = the best-so-far validation figure that ranked the trials; trial h = summed trial "
     "wall time."
 )

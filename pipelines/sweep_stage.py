@@ -177,6 +177,7 @@ def close_tracked_sweep(
     gain_tracking.record_gain_inputs(
         tracker.client, tracker.experiment_id,
         [(plan, results.get(plan.category), tracker.parent_run_id(plan)) for plan in plans], test_figures=measure,
+        threads=torch_threads(spec.resources.cpu),
     )
 
 
