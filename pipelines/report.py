@@ -203,16 +203,16 @@ def _sweep_gain(
     """The category's ladder: the baseline from the parent run, the defaults and chosen trials from their runs.
 
     Validation is each trial's ``tune_metric`` (the best-so-far selection metric that ranked it); test is
-    its best checkpoint's figure, the chosen trial's as the report shows it (the registered version's).
+    its best checkpoint's figure (the chosen trial's from its run, else from the registered version).
     """
     metric = parent.selection_metric.removeprefix(keys.VAL_PREFIX)
     test_key = keys.TEST_PREFIX + metric
+    # The run's metric is the full-precision figure the version's tag was written from.
+    chosen = best_run.metrics.get(test_key, chosen_test.get(test_key, math.nan))
     defaults = next((r for r in children if r.trial_id == parent.defaults_trial_id), None)
     defaults_test = math.nan
     if defaults is not None:
-        defaults_test = defaults.metrics.get(test_key, math.nan)
-        if defaults.trial_id == best_run.trial_id:
-            defaults_test = chosen_test.get(test_key, defaults_test)
+        defaults_test = chosen if defaults.trial_id == best_run.trial_id else defaults.metrics.get(test_key, math.nan)
     baseline_val, baseline_test = sweep_gain.baseline_figures(parent.metrics, metric)
     return sweep_gain.SweepGain(
         category=parent.category,
@@ -224,7 +224,7 @@ def _sweep_gain(
         defaults_val=defaults.metrics.get(parent.tune_metric, math.nan) if defaults is not None else math.nan,
         defaults_test=defaults_test,
         chosen_val=best_run.metrics.get(parent.tune_metric, math.nan),
-        chosen_test=chosen_test.get(test_key, math.nan),
+        chosen_test=chosen,
         trials=len(children),
         trial_hours=trial_hours,
         validation=facts.validation,

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import flow, registry
+from pipelines import flow, registry, schema
 from pipelines.promotion import PromotionPolicy
 from pipelines.pyfunc_model import encode_png
 from pipelines.tracking import TrackingError
@@ -272,6 +272,29 @@ def test_report_covers_every_category_and_is_logged(scenario: dict[str, Any]) ->
         assert {"report/leaderboard.md", "report/leaderboard.csv", "report/leaderboard.html"} <= logged
         plots = {a.path for a in client.list_artifacts(cat.parent_run_id, "optuna")}
         assert "optuna/optimization_history.png" in plots
+
+
+def test_report_has_the_sweep_gain_from_the_runs(scenario: dict[str, Any]) -> None:
+    """The sweep stage tagged the defaults trial, measured it on test (a Ray task, or registration for the
+    winner) and logged the training-free baseline; the report's gain matches the trial runs."""
+    report = scenario["third"].report
+    rows = pd.read_csv(report.files.csv).set_index("category")
+    markdown = report.files.markdown.read_text()
+    assert "## Sweep gain" in markdown
+    client = mlflow.MlflowClient(scenario["uri"])
+    for cat in report.categories:
+        parent = client.get_run(cat.parent_run_id)
+        tags, metrics = parent.data.tags, parent.data.metrics
+        runs = {r.data.tags[schema.TAG_TRIAL]: r.data.metrics for r in client.search_runs(
+            [parent.info.experiment_id], f"tags.`{schema.TAG_PARENT}` = '{parent.info.run_id}'")}
+        defaults, chosen = runs[tags[schema.TAG_DEFAULTS_TRIAL]], runs[tags[schema.TAG_BEST_TRIAL]]
+        gain = chosen["test_pixel_auroc"] - defaults["test_pixel_auroc"]
+        row = rows.loc[cat.result.category]
+        assert row["defaults_test"] == pytest.approx(100 * defaults["test_pixel_auroc"])
+        assert row["gain_test"] == pytest.approx(100 * gain)
+        assert row["baseline_test"] == pytest.approx(100 * metrics[f"{schema.BASELINE_PREFIX}test_pixel_auroc"])
+        assert metrics[f"{schema.GAIN_PREFIX}test_pixel_auroc"] == pytest.approx(gain)
+        assert metrics[schema.BASELINE_WALL_TIME] > 0
 
 
 def test_cli_pipeline_promote_report(scenario: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
