@@ -229,7 +229,7 @@ def format_summary(result: PipelineResult) -> str:
             changed = [f"{k} {format_value(v)} (default {format_value(r.defaults[k])})"
                        for k, v in sorted(r.params.items()) if k in r.defaults]
             if changed:  # the full configuration is in the report
-                lines.append(f"  {r.category} chosen vs default: {', '.join(changed)}")
+                lines.append(f"  chosen vs default, {r.category}: {', '.join(changed)}")
         gains = [c.result.gain for c in cats if c.result.gain is not None]
         lines += [f"  {line}" for line in sweep_gain.summary_lines(gains)[:1]]
     for category, error in result.errors.items():

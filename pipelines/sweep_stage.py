@@ -15,6 +15,7 @@ its test figures and the training-free baseline's figures.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -91,6 +92,9 @@ def run_tracked_sweep(
         SweepInterrupted: Ctrl-C while the studies ran.
     """
     stream = stream or sys.stdout
+    # MLflow prints two lines (a run link and a traces-overview link) for every run closed on a tracking
+    # server; the summary gives the runs table's link once instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     storage_root = driver.absolute_storage(spec.storage.path)
     if resume:
         sweep_id = sweep_id or driver.latest_sweep_id(storage_root, spec.name)

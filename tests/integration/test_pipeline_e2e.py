@@ -308,6 +308,9 @@ def test_cli_pipeline_promote_report(scenario: dict[str, Any], tmp_path: Path, c
     assert rc == 0, out
     assert f"sweep {scenario['sweep_id']} (continuing)" in out and "finished already, skipped" in out
     assert "report: " in out and "MLflow UI: " in out
+    (link,) = [line for line in out.splitlines() if line.startswith("MLflow UI: ")]
+    assert link.endswith("/runs?workflowType=machine_learning")  # the runs table, not the traces overview
+    assert link.startswith(f"MLflow UI: {uri.rstrip('/')}/#/experiments/")
     assert "  dataset: generated: memseg data synth" in out and "  The paper's MVTec AD figures" in out
     assert _snapshot(uri, scenario["sweep_id"], root / "sweeps") == scenario["after_third"]
 

@@ -261,7 +261,7 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     assert "selected on val_pixel_aupro" in summary
     (row,) = [line for line in summary.splitlines() if line.startswith(f"  {CATEGORY} ")]
     assert row.split()[2] == "90.00" and "t_aupro" in row.split() and reg.name in row
-    assert summary.count("MLflow UI:") == 1
+    assert summary.count("MLflow UI:") == 1 and "/runs?workflowType=machine_learning" in summary
 
 
 def test_a_parent_run_without_its_tune_metric_is_an_error_naming_it(mlflow_server: MlflowServer) -> None:
@@ -372,7 +372,8 @@ def test_val_test_rank_correlation_reaches_the_parent_run_and_the_report(
     markdown = written.files.markdown.read_text()
     assert "how well validation ranking predicts test ranking across this category's trials" in markdown
     summary = flow.format_summary(flow.PipelineResult(sweep_id, uri, report=written))
-    assert f"val/test rho {expected['test_pixel_auroc'].rho:.2f} over 4 trials" in summary
+    (row,) = [line for line in summary.splitlines() if line.startswith(f"  {CATEGORY} ")]
+    assert row.split()[5] == f"{expected['test_pixel_auroc'].rho:.2f}"  # the closing table's rho column
     assert f"| {expected['test_pixel_auroc'].rho:.2f} | {expected['test_pixel_aupro'].rho:.2f} | 4 |" in markdown
 
 

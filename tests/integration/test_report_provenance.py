@@ -117,7 +117,7 @@ def test_report_on_generated_data_states_what_produced_it_without_the_paper(
     assert "  dataset: generated: memseg data synth" in summary
     assert f"  image size (px): {cfg.data.image_size}; training steps: {cfg.train.steps}" in summary
     assert "  The paper's MVTec AD figures and the deltas to them are left out" in summary
-    assert f"optim.lr = 0.054 (default {cfg.optim.lr:.4g})" in summary
+    assert f"optim.lr 0.054 (default {cfg.optim.lr:.4g})" in summary  # the closing "chosen vs default" line
 
 
 def test_the_winners_configuration_lists_every_swept_field(
