@@ -148,7 +148,11 @@ class ClusterSettings(_Strict):
     parallel_categories: int = Field(
         0, ge=0, description="Category studies running at once; 0 = all of them (keeps the cluster busy)."
     )
-    status_interval_s: float = Field(15.0, gt=0.0, description="Seconds between two status tables.")
+    status_interval_s: float = Field(
+        15.0, gt=0.0,
+        description="Seconds between two redraws of the status table on a terminal (elsewhere each change "
+        "of a trial's state is one line).",
+    )
 
 
 class SweepSpec(_Strict):
