@@ -68,6 +68,17 @@ TRIALS: dict[str, dict[str, Any]] = {
     "focal_heavy": {"loss.l1_weight": 0.2, "loss.focal_weight": 0.8, "loss.focal_gamma": 2.0},
     "lr_0.01": {"optim.lr": 0.01},
     "lr_0.12": {"optim.lr": 0.12},
+    # Difference to the nearest memory feature anywhere instead of at the same location.
+    "nearest_memory": {"model.memory_match": "nearest"},
+    "head_init_default": {"model.head_init": "default"},
+    "nearest_focal_heavy": {"model.memory_match": "nearest", "loss.l1_weight": 0.2, "loss.focal_weight": 0.8,
+                            "loss.focal_gamma": 2.0},
+    "nearest_lr_0.01": {"model.memory_match": "nearest", "optim.lr": 0.01},
+    # Bigger, blob-like masks: no Perlin lattice finer than 8 cells (stains, patches, warps are blobs).
+    "nearest_large_masks": {"model.memory_match": "nearest", "synthesis.perlin_max_scale_exp": 4},
+    "nearest_opaque": {"model.memory_match": "nearest", "synthesis.transparency_min": 0.5},
+    # o_scale 1 (the authors' value for cable and transistor): the head sees mostly the memory difference.
+    "nearest_feature_scale_1": {"model.memory_match": "nearest", "model.feature_scale": 1.0},
 }
 
 
