@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +35,8 @@ from pipelines.pyfunc_model import encode_png
 from pipelines.tracking import TrackingError
 from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer, start_mlflow_server, wait_healthy
-from tests.helpers.ray_cluster import HOST, free_port
+from tests.helpers.ray_cluster import free_port
+from tests.helpers.scoring_server import scoring_server
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.ray, pytest.mark.slow]
 
@@ -206,38 +205,14 @@ def test_scoring_server_answers_like_in_process(scenario: dict[str, Any], tmp_pa
     uri, category = scenario["uri"], scenario["spec"].categories[1]
     name = _champion(uri, category)
     image = _test_image(scenario["root"], category)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
-             "--env-manager", "local", "-h", HOST, "-p", str(port), "-w", "1"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "scoring server not up:\n" + log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+    env = {"MLFLOW_TRACKING_URI": uri}
+    with scoring_server(f"models:/{name}@champion", free_port(), tmp_path / "serve.log", env) as base:
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_png(image)]]},
                            "params": {"map_size": "input"}}).encode()
-        request = urllib.request.Request(f"http://{HOST}:{port}/invocations", data=body,
+        request = urllib.request.Request(f"{base}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as resp:
             answer = json.loads(resp.read())
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     (row,) = answer["predictions"]
     served = np.asarray(row["anomaly_map"], np.float32)
     assert served.shape == (48, 80)

@@ -17,9 +17,7 @@ import csv
 import math
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytest
@@ -36,6 +34,7 @@ from pipelines import flow, promotion, registry, report, schema, sweep_stage, tr
 from sweeps import driver
 from sweeps.spec import SweepSpec, load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.trial_record import TrialRecord
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -153,22 +152,6 @@ def test_register_promote_refuse(mlflow_server: MlflowServer, setup: dict) -> No
 
 
 # --- a sweep that selects on AUPRO: registration, gate and report follow it ------------------------------
-
-
-@dataclass
-class TrialRecord:
-    """The fields of a Tune ``Trial`` the tracking callback reads."""
-
-    trial_id: str
-    config: dict[str, Any]
-    path: str
-    status: str = "RUNNING"
-    last_result: dict[str, Any] = field(default_factory=dict)
-    num_failures: int = 0
-    error_file: str | None = None
-
-    def get_error(self) -> None:
-        return None
 
 
 def test_aupro_selection_reaches_registration_gate_and_report(

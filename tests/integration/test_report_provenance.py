@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -25,27 +23,12 @@ from sweeps import driver
 from sweeps.search_space import load_space
 from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.trial_record import TrialRecord
 
 pytestmark = [pytest.mark.mlflow]
 
 CATEGORY = "carpet"
 TUNED = {"optim.lr": 0.054, "synthesis.perlin_threshold": 0.55}
-
-
-@dataclass
-class TrialRecord:
-    """The fields of a Tune ``Trial`` the tracking callback reads."""
-
-    trial_id: str
-    config: dict[str, Any]
-    path: str
-    status: str = "RUNNING"
-    last_result: dict[str, Any] = field(default_factory=dict)
-    num_failures: int = 0
-    error_file: str | None = None
-
-    def get_error(self) -> None:
-        return None
 
 
 def _sweep(uri: str, data_root: Path, tmp_path: Path, weights: str) -> tuple[driver.CategoryPlan, SweepReport]:

@@ -13,10 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,7 +31,8 @@ from memseg.training.checkpoint import save_model
 from pipelines import pyfunc_model as pm
 from pipelines.cli import main
 from tests.helpers.mlflow_server import MlflowServer
-from tests.helpers.ray_cluster import HOST, free_port
+from tests.helpers.ray_cluster import free_port
+from tests.helpers.scoring_server import scoring_server
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
@@ -76,35 +73,10 @@ def registered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def served(mlflow_server: MlflowServer, registered: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow models serve -m models:/NAME@champion``; yields its base URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
-             "--env-manager", "local", "-h", HOST, "-p", str(port), "-w", "1"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, pm.MAX_PIXELS_ENV: str(LIMIT)},
-        )
-    base = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "scoring server not up:\n" + log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, pm.MAX_PIXELS_ENV: str(LIMIT)}
+    with scoring_server(f"models:/{NAME}@champion", free_port(), log, env) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:

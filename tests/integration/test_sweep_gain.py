@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -24,6 +23,7 @@ from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from sweeps.trainable import trial_config
 from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.trial_record import TrialRecord
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -33,22 +33,6 @@ VAL = {"t_default": 0.6, "t_tuned": 0.8}
 # What the defaults trial's test measurement answers (the tuned trial's figures are on its run already).
 DEFAULTS_TEST = {"test_image_auroc": 0.5, "test_pixel_auroc": 0.71, "test_pixel_aupro": 0.3}
 TUNED_TEST = {"test_image_auroc": 0.9, "test_pixel_auroc": 0.83, "test_pixel_aupro": 0.4}
-
-
-@dataclass
-class TrialRecord:
-    """The fields of a Tune ``Trial`` the tracking callback reads."""
-
-    trial_id: str
-    config: dict[str, Any]
-    path: str
-    status: str = "RUNNING"
-    last_result: dict[str, Any] = field(default_factory=dict)
-    num_failures: int = 0
-    error_file: str | None = None
-
-    def get_error(self) -> None:
-        return None
 
 
 @dataclass

@@ -10,27 +10,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from memseg.config import MemSegConfig, resolve_for_category
 from memseg.errors import CheckpointError
-from memseg.model import create_model
-from memseg.training.checkpoint import save_model
 from pipelines.cli import main
 from pipelines.model_source import RegisteredVersion, checkpoint_in_model, parse_registry_uri
+from tests.helpers.tiny_checkpoint import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = resolve_for_category(
-        MemSegConfig().with_overrides(
-            {"model.backbone_weights": "none", "data.image_size": 64, "model.memory_size": 2, "data.category": "tile"}
-        )
-    )
-    model = create_model(cfg)
-    model.build_memory(torch.rand(2, 3, 64, 64))
-    return save_model(tmp_path_factory.mktemp("ckpt") / "best_model.pt", model, cfg, 1, {})
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.mark.parametrize(

@@ -17,28 +17,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from memseg.config import MemSegConfig, resolve_for_category
 from memseg.inference import load_checkpoint, predict
-from memseg.model import create_model
-from memseg.training.checkpoint import save_model
 from pipelines import pyfunc_model as pm
 from pipelines.image_header import image_size
 from pipelines.request_error import RequestError
+from tests.helpers.tiny_checkpoint import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = resolve_for_category(
-        MemSegConfig().with_overrides(
-            {"model.backbone_weights": "none", "data.image_size": 64, "model.memory_size": 2, "data.category": "tile"}
-        )
-    )
-    model = create_model(cfg)
-    model.build_memory(torch.rand(2, 3, 64, 64))
-    return save_model(tmp_path_factory.mktemp("ckpt") / "best_model.pt", model, cfg, 1, {})
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
