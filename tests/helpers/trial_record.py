@@ -6,8 +6,10 @@ drive it with these records instead of running Tune trials, so they control the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 
 @dataclass
@@ -24,3 +26,24 @@ class TrialRecord:
 
     def get_error(self) -> None:
         return None
+
+
+class TrialCallback(Protocol):
+    """The hooks of the tracking callback that :func:`finish_trials` drives."""
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any) -> None: ...
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any]) -> None: ...
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any) -> None: ...
+
+
+def finish_trials(
+    callback: TrialCallback, configs: Mapping[str, dict[str, Any]], scores: Mapping[str, float], step: int, folder: Path
+) -> None:
+    """Start, report ``val_pixel_auroc = scores[id]`` at ``step`` and complete one trial per ``configs`` entry."""
+    for trial_id, config in configs.items():
+        trial = TrialRecord(trial_id, config, str(folder / trial_id))
+        callback.on_trial_start(0, [], trial)
+        result = {"step": step, "val_pixel_auroc": scores[trial_id], "best_val_pixel_auroc": scores[trial_id]}
+        callback.on_trial_result(0, [], trial, result)
+        trial.last_result, trial.status = result, "TERMINATED"
+        callback.on_trial_complete(0, [], trial)

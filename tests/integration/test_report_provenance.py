@@ -23,7 +23,7 @@ from sweeps import driver
 from sweeps.search_space import load_space
 from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
-from tests.helpers.trial_record import TrialRecord
+from tests.helpers.trial_record import TrialRecord, finish_trials
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -48,13 +48,7 @@ def _sweep(uri: str, data_root: Path, tmp_path: Path, weights: str) -> tuple[dri
         "t_tuned": {**point, **TUNED, "optim.lr[sgd]": TUNED["optim.lr"]},
     }
     scores = {"t_default": 0.6, "t_tuned": 0.8}
-    for trial_id, config in configs.items():
-        trial = TrialRecord(trial_id, config, str(tmp_path / trial_id))
-        callback.on_trial_start(0, [], trial)
-        result = {"step": plan.step_budget, "val_pixel_auroc": scores[trial_id], "best_val_pixel_auroc": scores[trial_id]}
-        callback.on_trial_result(0, [], trial, result)
-        trial.last_result, trial.status = result, "TERMINATED"
-        callback.on_trial_complete(0, [], trial)
+    finish_trials(callback, configs, scores, plan.step_budget, tmp_path)
     client = mlflow.MlflowClient(uri)
     tuned_run = callback.run_for(TrialRecord("t_tuned", configs["t_tuned"], ""))
     client.log_metric(tuned_run, "test_image_auroc", 0.9)

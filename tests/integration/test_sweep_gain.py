@@ -23,7 +23,7 @@ from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from sweeps.trainable import trial_config
 from tests.helpers.mlflow_server import MlflowServer
-from tests.helpers.trial_record import TrialRecord
+from tests.helpers.trial_record import TrialRecord, finish_trials
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -61,13 +61,7 @@ def test_sweep_gain_matches_the_trials_runs_and_the_baseline(
         "t_default": {**point, "optim.lr": point["optim.lr[sgd]"]},
         "t_tuned": {**point, **TUNED, "optim.lr[sgd]": TUNED["optim.lr"]},
     }
-    for trial_id, config in configs.items():
-        trial = TrialRecord(trial_id, config, str(tmp_path / trial_id))
-        callback.on_trial_start(0, [], trial)
-        result = {"step": plan.step_budget, "val_pixel_auroc": VAL[trial_id], "best_val_pixel_auroc": VAL[trial_id]}
-        callback.on_trial_result(0, [], trial, result)
-        trial.last_result, trial.status = result, "TERMINATED"
-        callback.on_trial_complete(0, [], trial)
+    finish_trials(callback, configs, VAL, plan.step_budget, tmp_path)
     client = mlflow.MlflowClient(uri)
     tuned_run = callback.run_for(TrialRecord("t_tuned", configs["t_tuned"], ""))
     for key, value in TUNED_TEST.items():
