@@ -208,13 +208,10 @@ def create_texture_source(source: TextureSourceName, dtd_root: str | Path | None
 
     Raises:
         ConfigError: ``dtd`` without a ``dtd_root`` or with one that holds no DTD images (naming
-            ``data.dtd_root`` and how to get DTD), or an unknown source.
+            ``data.dtd_root`` and how to get DTD).
     """
     if source == "procedural":
         return ProceduralTextureSource()
-    if source != "dtd":
-        msg = f"data.texture_source: expected 'dtd' or 'procedural', got {source!r}"
-        raise ConfigError(msg)
     if dtd_root is None or str(dtd_root) == "":
         msg = (
             "data.dtd_root: not set, and data.texture_source is 'dtd' (the default, the paper's source); "
