@@ -47,3 +47,12 @@ def finish_trials(
         callback.on_trial_result(0, [], trial, result)
         trial.last_result, trial.status = result, "TERMINATED"
         callback.on_trial_complete(0, [], trial)
+
+
+def default_and_tuned(point: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Tune configs of two trials: ``t_default`` at the space's default ``point`` and ``t_tuned`` with
+    ``tuned`` on top (an SGD sweep: the conditional ``optim.lr[sgd]`` carries the learning rate)."""
+    return {
+        "t_default": {**point, "optim.lr": point["optim.lr[sgd]"]},
+        "t_tuned": {**point, **tuned, "optim.lr[sgd]": tuned["optim.lr"]},
+    }

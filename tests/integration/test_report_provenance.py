@@ -23,7 +23,7 @@ from sweeps import driver
 from sweeps.search_space import load_space
 from sweeps.spec import load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
-from tests.helpers.trial_record import TrialRecord, finish_trials
+from tests.helpers.trial_record import TrialRecord, default_and_tuned, finish_trials
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -43,10 +43,7 @@ def _sweep(uri: str, data_root: Path, tmp_path: Path, weights: str) -> tuple[dri
     point = plan.space.default_point()
     sweep = tracking.SweepTracking(uri, sweep_id, spec_name=spec.name, commit="abc123")
     callback = sweep.callback(plan)
-    configs = {
-        "t_default": {**point, "optim.lr": point["optim.lr[sgd]"]},
-        "t_tuned": {**point, **TUNED, "optim.lr[sgd]": TUNED["optim.lr"]},
-    }
+    configs = default_and_tuned(point, TUNED)
     scores = {"t_default": 0.6, "t_tuned": 0.8}
     finish_trials(callback, configs, scores, plan.step_budget, tmp_path)
     client = mlflow.MlflowClient(uri)

@@ -23,7 +23,7 @@ from sweeps import driver
 from sweeps.spec import load_sweep_spec
 from sweeps.trainable import trial_config
 from tests.helpers.mlflow_server import MlflowServer
-from tests.helpers.trial_record import TrialRecord, finish_trials
+from tests.helpers.trial_record import TrialRecord, default_and_tuned, finish_trials
 
 pytestmark = [pytest.mark.mlflow]
 
@@ -57,10 +57,7 @@ def test_sweep_gain_matches_the_trials_runs_and_the_baseline(
     point = plan.space.default_point()
     sweep = tracking.SweepTracking(uri, sweep_id, spec_name=spec.name, commit="abc123")
     callback = sweep.callback(plan)
-    configs = {
-        "t_default": {**point, "optim.lr": point["optim.lr[sgd]"]},
-        "t_tuned": {**point, **TUNED, "optim.lr[sgd]": TUNED["optim.lr"]},
-    }
+    configs = default_and_tuned(point, TUNED)
     finish_trials(callback, configs, VAL, plan.step_budget, tmp_path)
     client = mlflow.MlflowClient(uri)
     tuned_run = callback.run_for(TrialRecord("t_tuned", configs["t_tuned"], ""))
