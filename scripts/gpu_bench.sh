@@ -4,6 +4,7 @@
 # Usage (from the repository root):
 #   OUT=/some/dir scripts/gpu_bench.sh                 # installs if needed, then benches
 #   WHEELS=/path/to/wheels OUT=... scripts/gpu_bench.sh  # machine without a package index
+#   OUT=... scripts/gpu_bench.sh --skip-sweep          # no Ray on the machine: leave the sweep section out
 #
 # Install order: nothing when `import memseg` already works; otherwise from the wheels in $WHEELS
 # (default: ./wheels or ./shared/wheels when present) with --no-index; otherwise from the index.
@@ -43,7 +44,8 @@ cat "$OUT/env.txt"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available to torch on this machine')"
 
 # The CPU count of the machine is the trial's CPUs here; the DataLoader figure uses all of them.
-memseg bench --device cuda --size 256 --json "$OUT/bench_cuda.json" "$@" \
+# `python -m pipelines.cli` = `memseg`, also where the package is on PYTHONPATH rather than installed.
+"$PY" -m pipelines.cli bench --device cuda --size 256 --json "$OUT/bench_cuda.json" "$@" \
   > "$OUT/bench_cuda.txt" 2> "$OUT/bench_cuda.log" || status=$?
 cat "$OUT/bench_cuda.txt"
 exit "${status:-0}"

@@ -21,7 +21,12 @@ scorings. Test figures are only reported, never used to choose.
     python scripts/quality_study.py --work runs/quality --summary      # tables from what is there
 
 Rows go to ``<work>/runs.jsonl`` and ``<work>/baseline.jsonl``; a rerun skips what is there. A run's
-evaluations also go to ``<work>/partial/*.jsonl`` as they happen.
+evaluations also go to ``<work>/partial/*.jsonl`` as they happen. Runs go trial by trial in the
+order of ``--trials`` (every seed and category of the first trial, then the next), so a study cut
+short has its first trials complete.
+
+On a GPU machine, many small runs share the card: ``--device cuda --jobs 12 --threads 1`` runs 12
+at once in separate processes (the datasets are generated first, once).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +116,11 @@ class Recorder:
         self.rows: list[dict[str, float]] = []
 
     def on_eval(self, step: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        model, _ = load_checkpoint(checkpoint_dir / "model.pt", "cpu")
+        model, _ = load_checkpoint(checkpoint_dir / "model.pt", DEVICE[0])
         row: dict[str, float] = {"step": float(step)}
         fpr = self.cfg.eval.aupro_fpr_limit
         for name, data in self.sets.items():
-            maps = predict_maps(model, data.images, self.cfg.eval.batch_size, "cpu")
+            maps = predict_maps(model, data.images, self.cfg.eval.batch_size, DEVICE[0])
             scorings = SCORINGS if name == "test" else (DEFAULT_SCORING,)
             row.update({f"{name}/{k}": v for k, v in scored(maps, data, scorings, fpr).items()})
         self.rows.append(row)
@@ -129,13 +136,14 @@ def dataset_root(work: Path, dataset: str, seed: int, category: str) -> Path:
 
 
 EXTRA: dict[str, Any] = {}  # --set: applied to every run and to the baseline (e.g. a smaller screen budget)
+DEVICE = ["cpu"]  # --device: training, evaluation and the baseline (not part of the budget tag)
 
 
 def config_for(work: Path, dataset: str, category: str, seed: int, overrides: Mapping[str, Any]) -> MemSegConfig:
     base = {
         **learning_settings(), "eval.heatmap_samples": 0, **EXTRA,
         "data.root": str(dataset_root(work, dataset, seed, category)), "data.category": category,
-        "train.seed": 42 + seed,
+        "train.seed": 42 + seed, "train.device": DEVICE[0],
     }
     return MemSegConfig().with_overrides({**base, **overrides})
 
@@ -144,12 +152,13 @@ def run_baseline(work: Path, dataset: str, category: str, seed: int) -> dict[str
     cfg = prepare_config(config_for(work, dataset, category, seed, {}))
     files, splits = category_splits(cfg)
     torch.manual_seed(cfg.train.seed)  # the random-weights backbone, as fit() and evaluate_baseline build it
-    baseline = NearestMemoryBaseline(cfg, "cpu")
+    baseline = NearestMemoryBaseline(cfg, DEVICE[0])
     baseline.build_memory(load_memory_images(splits.memory, cfg.data.image_size))
     test = load_test_set(files.test, cfg.data.image_size)
-    maps = baseline.anomaly_map(test.images).numpy()
+    maps = baseline.anomaly_map(test.images).cpu().numpy()
     figures = {f"test/{k}": v for k, v in scored(maps, test, SCORINGS, cfg.eval.aupro_fpr_limit).items()}
-    return {"dataset": dataset, "category": category, "seed": seed, "budget": budget_tag(), "figures": figures}
+    return {"dataset": dataset, "category": category, "seed": seed, "budget": budget_tag(), "figures": figures,
+            "device": DEVICE[0]}
 
 
 def budget_tag() -> str:
@@ -180,7 +189,7 @@ def run_trial(
     return {
         "dataset": dataset, "trial": trial, "overrides": TRIALS[trial], "category": category, "seed": seed,
         "steps": steps, "budget": budget_tag(), "history": recorder.rows,
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": round(time.perf_counter() - started, 1), "device": DEVICE[0],
     }
 
 
@@ -242,6 +251,70 @@ def summary(work: Path) -> str:
     return "\n".join(lines)
 
 
+def _init_worker(extra: Mapping[str, Any], device: str, threads: int) -> None:
+    EXTRA.update(extra)
+    DEVICE[0] = device
+    torch.set_num_threads(threads)
+
+
+def _baseline_task(work: Path, dataset: str, category: str, seed: int) -> tuple[str, dict[str, Any]]:
+    return "baseline.jsonl", run_baseline(work, dataset, category, seed)
+
+
+def _trial_task(work: Path, dataset: str, trial: str, category: str, seed: int, steps: int,
+                threads: int) -> tuple[str, dict[str, Any]]:
+    return "runs.jsonl", run_trial(work, dataset, trial, category, seed, steps, threads)
+
+
+def pending(args: argparse.Namespace) -> list[tuple[Any, ...]]:
+    """What is not in ``<work>`` yet: baselines first, then the runs trial by trial."""
+    tag = budget_tag()
+    have_base = {(b["dataset"], b.get("budget", "learning"), b["category"], b["seed"])
+                 for b in _read(args.work / "baseline.jsonl")}
+    have_runs = {(r["dataset"], r.get("budget", "learning"), r["trial"], r["category"], r["seed"], r["steps"])
+                 for r in _read(args.work / "runs.jsonl")}
+    tasks: list[tuple[Any, ...]] = [
+        (_baseline_task, args.work, args.dataset, category, seed)
+        for seed in args.seeds for category in args.categories
+        if (args.dataset, tag, category, seed) not in have_base
+    ]
+    tasks += [
+        (_trial_task, args.work, args.dataset, trial, category, seed, args.steps, args.threads)
+        for trial in args.trials for seed in args.seeds for category in args.categories
+        if (args.dataset, tag, trial, category, seed, args.steps) not in have_runs
+    ]
+    return tasks
+
+
+def run_pending(args: argparse.Namespace) -> None:
+    tasks = pending(args)
+    for seed in args.seeds:  # before any worker starts: workers would race to write the same files
+        for category in args.categories:
+            dataset_root(args.work, args.dataset, seed, category)
+    started = time.perf_counter()
+
+    def record(done: int, name: str, row: Mapping[str, Any]) -> None:
+        _append(args.work / name, row)
+        what = row.get("trial", "baseline")
+        print(f"[{time.strftime('%H:%M:%S')}] {done}/{len(tasks)} {what} {row['category']} seed {row['seed']} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    if args.jobs == 1:
+        for i, (fn, *task_args) in enumerate(tasks, 1):
+            record(i, *fn(*task_args))
+        return
+    # spawn, not fork: each worker gets its own CUDA context
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(dict(EXTRA), DEVICE[0], args.threads)) as pool:
+        futures = {pool.submit(fn, *task_args): task_args for fn, *task_args in tasks}
+        for i, future in enumerate(as_completed(futures), 1):
+            try:
+                record(i, *future.result())
+            except Exception as exc:  # one failed run must not lose the others
+                print(f"FAILED {futures[future]}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("realistic", "synthetic"), default="realistic")
@@ -249,32 +322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--trials", nargs="+", default=["defaults"], choices=sorted(TRIALS))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training, evaluation, baseline)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run and the baseline (a cheaper screen budget)")
     parser.add_argument("--work", type=Path, default=Path("runs/quality"))
     parser.add_argument("--summary", action="store_true", help="only print the tables of what is there")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    EXTRA.update(parse_overrides(args.set))
+    _init_worker(parse_overrides(args.set), args.device, args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.summary:
-        for seed in args.seeds:
-            for category in args.categories:
-                key = (args.dataset, budget_tag(), category, seed)
-                if not any((b["dataset"], b.get("budget", "learning"), b["category"], b["seed"]) == key
-                           for b in _read(args.work / "baseline.jsonl")):
-                    _append(args.work / "baseline.jsonl", run_baseline(args.work, args.dataset, category, seed))
-                for trial in args.trials:
-                    done = _read(args.work / "runs.jsonl")
-                    this = (args.dataset, budget_tag(), trial, category, seed, args.steps)
-                    if any((r["dataset"], r.get("budget", "learning"), r["trial"], r["category"], r["seed"], r["steps"])
-                           == this for r in done):
-                        continue
-                    print(f"[{time.strftime('%H:%M:%S')}] {args.dataset} {trial} {category} seed {seed}", flush=True)
-                    row = run_trial(args.work, args.dataset, trial, category, seed, args.steps, args.threads)
-                    _append(args.work / "runs.jsonl", row)
-                    print(f"  done in {row['wall_time_s']} s", file=sys.stderr, flush=True)
+        run_pending(args)
     print(summary(args.work))
     return 0
 

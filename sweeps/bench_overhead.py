@@ -36,20 +36,17 @@ import ray
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from memseg.bench.figures import Better, Figure, Stats, summarize
+from memseg.bench.figures import Stats, summarize
 from memseg.bench.machine import torch_threads
 from memseg.bench.report import BenchReport
 from memseg.bench.training import measure_training_step
 from memseg.bench.workload import BenchData
 from memseg.data.datasets import category_splits
+from sweeps.bench_figures import OVERHEAD
 from sweeps.dataset import ensure_dataset
 from sweeps.driver import CategoryPlan, SweepResult, plan_sweep, run_sweep
 from sweeps.spec import SweepSpec, load_sweep_spec
 from sweeps.trainable import trial_config
-
-OVERHEAD = Figure("sweep.overhead_share", "share", Better.LOWER,
-                  "share of a smoke-sweep trial's wall time outside training steps")
-FIGURES = (OVERHEAD,)
 
 # Driver-side timelines, keyed by a bench id: Tune may copy (pickle) its callbacks, so the callback
 # holds only the key and writes here.

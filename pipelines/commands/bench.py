@@ -97,7 +97,7 @@ def handle(args: argparse.Namespace) -> int:
     from memseg.bench.report import format_table
     from memseg.bench.run import run_bench
     from memseg.bench.workload import BenchSettings
-    from sweeps import bench_overhead
+    from sweeps.bench_figures import OVERHEAD
 
     settings = BenchSettings(
         device=args.device, size=args.size, source_size=args.source_size, quick=args.quick, repeats=args.repeats,
@@ -111,8 +111,10 @@ def handle(args: argparse.Namespace) -> int:
     report = run_bench(settings, sections=args.sections, log=log)
     ok = True
     if args.skip_sweep:
-        report.skip(bench_overhead.OVERHEAD, "--skip-sweep")
+        report.skip(OVERHEAD, "--skip-sweep")
     else:
+        from sweeps import bench_overhead  # Ray: only when the sweep section runs
+
         with tempfile.TemporaryDirectory(prefix="memseg-bench-sweep-") as tmp:
             ok = bench_overhead.record_sweep_overhead(
                 report, tmp, trials=args.sweep_trials, steps=args.sweep_steps, size=args.sweep_size,
@@ -129,7 +131,7 @@ def handle(args: argparse.Namespace) -> int:
 def _compare(base_path: str, new_path: str, *, max_regression: float | None) -> int:
     from memseg.bench.compare import compare_reports, format_comparison, load_report, regressions
     from memseg.bench.run import declared_figures
-    from sweeps.bench_overhead import FIGURES as SWEEP_FIGURES
+    from sweeps.bench_figures import FIGURES as SWEEP_FIGURES
 
     base, new = load_report(base_path), load_report(new_path)
     changes = compare_reports(base, new, [*declared_figures(), *SWEEP_FIGURES])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from memseg.bench.run import declared_figures
-from sweeps.bench_overhead import FIGURES as SWEEP_FIGURES
+from sweeps.bench_figures import FIGURES as SWEEP_FIGURES
 
 FIGURES = {f.name: f.unit for f in [*declared_figures(), *SWEEP_FIGURES]}
 
