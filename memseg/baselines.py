@@ -27,6 +27,7 @@ from memseg.config import MemSegConfig
 from memseg.data.datasets import EvalSet, build_validation_set, category_splits, load_memory_images, load_test_set
 from memseg.metrics import compute_metrics, keys
 from memseg.model import create_model
+from memseg.model.map_smoothing import MapSmoothing
 from memseg.training.loop import prepare_config, resolve_device
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class NearestMemoryBaseline:
         self.mean = model.mean.to(self.device)
         self.std = model.std.to(self.device)
         self.memory: Tensor | None = None
+        # The same blur as the model's map, so the comparison differs in the method, not the scoring.
+        self.smoothing = MapSmoothing(cfg.model.map_smoothing_sigma).to(self.device)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
@@ -85,7 +88,8 @@ class NearestMemoryBaseline:
             b, c, h, w = feats.shape
             query = feats.permute(0, 2, 3, 1).reshape(-1, c)
             dist = torch.cdist(query, self.memory).amin(dim=1).reshape(b, 1, h, w)
-            out.append(F.interpolate(dist, size=size, mode="bilinear", align_corners=False)[:, 0].cpu())
+            full = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)[:, 0]
+            out.append(self.smoothing(full).cpu())
         return torch.cat(out) if out else torch.zeros((0, *size))
 
     def evaluate(self, data: EvalSet, prefix: str, *, per_type: bool) -> dict[str, float]:

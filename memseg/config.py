@@ -49,12 +49,13 @@ class DataConfig(_Section):
         2, ge=1, le=16, description="Synthetic anomalies made (fixed seed) from each validation image."
     )
     val_anomaly_source: Literal["training_synthesis", "held_out"] = Field(
-        "training_synthesis",
-        description="Where the validation anomalies come from: 'training_synthesis' = the training-time "
-        "synthesis (Perlin mask, texture/structure source, blending); 'held_out' = a defect painter the "
+        "held_out",
+        description="Where the validation anomalies come from: 'held_out' (default) = a defect painter the "
         "training synthesis never produces (polygon/ellipse/band masks: shading ramps, smears, colour casts, "
-        "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), so "
-        "checkpoint and trial selection do not reward fitting the training synthesis.",
+        "patches of other validation images, streaks, grain; memseg.synthesis.validation_defects), the same "
+        "for every trial whatever its synthesis settings, so checkpoint and trial selection do not reward "
+        "fitting the training synthesis; 'training_synthesis' = the training-time synthesis (Perlin mask, "
+        "texture/structure source, blending), as the authors validate.",
     )
     texture_source: TextureSourceName = Field(
         "dtd",
@@ -154,6 +155,11 @@ class ModelConfig(_Section):
         "'nearest' = to the closest memory feature at any location of any sample (for textures).",
     )
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
+    map_smoothing_sigma: float = Field(
+        4.0, ge=0.0, le=64.0,
+        description="Gaussian blur of the anomaly map, sigma in pixels of the input image, before any scoring "
+        "(validation, test, predict, serving); 0 = the raw map, as the authors' code scores it.",
+    )
     head_init: Literal["default", "normal"] = Field(
         "default",
         description="Init of MSFF and decoder: 'default' = PyTorch's default init (what the authors' code runs: "

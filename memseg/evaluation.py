@@ -1,6 +1,6 @@
 """Batched anomaly maps and the metrics of one evaluation set (see docs/model.md, "Evaluation and scoring").
 
-The anomaly map is the model's softmax channel 1 (no smoothing, as in the authors' code); the
+The anomaly map is the model's softmax channel 1, blurred by ``model.map_smoothing_sigma``; the
 metrics come from :func:`memseg.metrics.compute_metrics`. Used by the training loop (validation and
 test), :mod:`memseg.inference`, and through :func:`evaluate_split` by ``memseg evaluate``, the
 registration of a sweep winner and the promotion gate.

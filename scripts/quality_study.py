@@ -9,7 +9,10 @@ evaluation the checkpoint is scored, from ONE set of maps each, on:
 - both validation sources (``data.val_anomaly_source`` = ``training_synthesis`` and ``held_out``),
   so the checkpoint choice of either source can be read off afterwards;
 - the test split, under several scorings of the same maps: the image score's ``top_k`` and a
-  Gaussian smoothing of the map (sigma in pixels; 0 = none, the authors').
+  Gaussian smoothing of the map (sigma in pixels; 0 = none, the authors'). The runs keep the raw map
+  (``model.map_smoothing_sigma=0``) so that these scorings apply once; ``k100_s4`` is what the
+  model's default blur (sigma 4) gives, up to the border rule (OpenCV's reflect here, reflect-101 in
+  the model).
 
 The training-free baseline (memseg.baselines) is scored once per (category, seed) with the same
 scorings. Test figures are only reported, never used to choose.
@@ -141,7 +144,8 @@ DEVICE = ["cpu"]  # --device: training, evaluation and the baseline (not part of
 
 def config_for(work: Path, dataset: str, category: str, seed: int, overrides: Mapping[str, Any]) -> MemSegConfig:
     base = {
-        **learning_settings(), "eval.heatmap_samples": 0, **EXTRA,
+        # The raw map: the scorings below blur it themselves (sigma 4 = the model's default blur).
+        **learning_settings(), "eval.heatmap_samples": 0, "model.map_smoothing_sigma": 0.0, **EXTRA,
         "data.root": str(dataset_root(work, dataset, seed, category)), "data.category": category,
         "train.seed": 42 + seed, "train.device": DEVICE[0],
     }

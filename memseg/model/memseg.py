@@ -20,6 +20,7 @@ from memseg.config import ModelConfig
 from memseg.model.decoder import UNetDecoder
 from memseg.model.feature_extractor import FrozenFeatureExtractor, feature_info
 from memseg.model.layer4_branch import Layer4Branch
+from memseg.model.map_smoothing import MapSmoothing
 from memseg.model.memory_bank import MemoryBank
 from memseg.model.msff import MultiScaleFeatureFusion
 from memseg.model.spatial_attention import spatial_attention
@@ -85,6 +86,7 @@ class MemSeg(nn.Module):
         self.decoder = UNetDecoder(self.encoder.out_channels, channels, self.extractor.stem_channels)
         init_head_weights(self.msff, cfg.head_init)
         init_head_weights(self.decoder, cfg.head_init)
+        self.smoothing = MapSmoothing(cfg.map_smoothing_sigma)
         # Total stride of the network: the input must be divisible by it.
         self.stride = int(feature_info(backbone)[-1]["reduction"])
 
@@ -160,5 +162,6 @@ class MemSeg(nn.Module):
         return self.forward_details(x).logits
 
     def anomaly_map(self, x: Tensor) -> Tensor:
-        """Per-pixel anomaly probability ``(B, H, W)``: softmax channel 1 of the logits, float32."""
-        return torch.softmax(self.forward(x).float(), dim=1)[:, 1]
+        """Per-pixel anomaly probability ``(B, H, W)``: softmax channel 1 of the logits, float32, blurred by
+        ``model.map_smoothing_sigma`` (:class:`MapSmoothing`; still in [0, 1])."""
+        return self.smoothing(torch.softmax(self.forward(x).float(), dim=1)[:, 1])

@@ -103,6 +103,7 @@ def config_from_payload(payload: Mapping[str, Any], path: str | Path = "<checkpo
 
     A config saved before ``data.texture_source`` existed gets the source it was trained with:
     ``dtd`` when it names a ``data.dtd_root``, else ``procedural`` (what a missing root meant then).
+    One saved before ``model.map_smoothing_sigma`` existed gets 0: its maps stay as they were.
     """
     tree = payload["config"]
     if isinstance(tree, Mapping):
@@ -113,6 +114,9 @@ def config_from_payload(payload: Mapping[str, Any], path: str | Path = "<checkpo
         data = tree.get("data")
         if isinstance(data, dict) and "texture_source" not in data:
             data["texture_source"] = "dtd" if data.get("dtd_root") else "procedural"
+        model = tree.get("model")
+        if isinstance(model, dict) and "map_smoothing_sigma" not in model:
+            model["map_smoothing_sigma"] = 0.0  # the raw map it was selected and reported with
     try:
         return MemSegConfig.model_validate(tree)
     except Exception as exc:  # pydantic's error, re-raised naming the file

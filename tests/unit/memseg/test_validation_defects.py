@@ -129,7 +129,7 @@ def test_the_held_out_validation_set_is_fixed_and_not_the_training_synthesis(car
     _, splits = category_splits(carpet_cfg)
     held_cfg = carpet_cfg.with_overrides({"data.val_anomaly_source": "held_out"})
     ds._VAL_CACHE.clear()
-    synthesis = build_validation_set(splits.val, carpet_cfg)
+    synthesis = build_validation_set(splits.val, carpet_cfg.with_overrides({"data.val_anomaly_source": "training_synthesis"}))
     held = build_validation_set(splits.val, held_cfg)
     k, n = carpet_cfg.data.val_anomalies_per_image, len(splits.val)
     assert len(held) == n * (1 + k)
@@ -148,9 +148,9 @@ def test_the_held_out_validation_set_is_fixed_and_not_the_training_synthesis(car
     assert not np.array_equal(other.masks, held.masks)
 
 
-def test_val_anomaly_source_is_a_config_field_with_the_training_synthesis_as_default() -> None:
-    assert MemSegConfig().data.val_anomaly_source == "training_synthesis"
-    cfg = MemSegConfig().with_overrides(["data.val_anomaly_source=held_out"])
-    assert cfg.flatten()["data.val_anomaly_source"] == "held_out"
+def test_val_anomaly_source_is_a_config_field_with_the_held_out_painter_as_default() -> None:
+    assert MemSegConfig().data.val_anomaly_source == "held_out"
+    cfg = MemSegConfig().with_overrides(["data.val_anomaly_source=training_synthesis"])
+    assert cfg.flatten()["data.val_anomaly_source"] == "training_synthesis"
     with pytest.raises(ConfigError, match=r"data\.val_anomaly_source"):
         MemSegConfig().with_overrides({"data.val_anomaly_source": "test_generator"})
