@@ -162,7 +162,8 @@ def run_pipeline(
         say(f"[sweep] finished already, skipped: {', '.join(done)}")
     if pending:
         say(f"[sweep] {'resuming' if exists else 'running'}: {', '.join(pending)}")
-        where = {"data.root": spec.data.root, "storage.path": spec.storage.path}
+        generate = spec.data.generate.model_dump() if spec.data.generate is not None else None
+        where = {"data.root": spec.data.root, "data.generate": generate, "storage.path": spec.storage.path}
         with tracking_guard(uri):
             run_tracked_sweep(spec, tracking_uri=uri, categories=pending, resume=exists, sweep_id=sweep_id,
                               changes=where, stream=out, summary_params=False)

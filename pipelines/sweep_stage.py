@@ -29,7 +29,7 @@ from memseg.training.seeding import set_num_threads
 from pipelines import gain_tracking, registry, tracking
 from pipelines.errors import SweepInterrupted
 from sweeps import driver
-from sweeps.dataset import ensure_dataset
+from sweeps.dataset import ensure_dataset, preflight_dataset
 from sweeps.driver import SweepError, SweepResult
 from sweeps.search_space import overrides_from_params
 from sweeps.spec import SweepSpec, unique
@@ -38,8 +38,9 @@ from sweeps.trainable import torch_threads
 
 logger = logging.getLogger(__name__)
 
-# Keys of a spec that may change when a sweep resumes: where the data and the storage are, not what runs.
-WHERE_KEYS = ("data.root", "storage.path")
+# Keys of a spec that may change when a sweep resumes: where the data (and whether it is generated) and the
+# storage are, not what runs.
+WHERE_KEYS = ("data.root", "data.generate", "storage.path")
 # The spec switch that turns the trials' test measurement off, named in the parent run's reason tag.
 MEASURE_SWITCH = "budget.measure_trials_on_test"
 NOT_MEASURED_REASON = f"trials not measured on test ({MEASURE_SWITCH}: false)"
@@ -88,6 +89,8 @@ def run_tracked_sweep(
 
     Raises:
         SweepError: nothing to resume, or a new sweep's id exists already.
+        DataCheckError: the data root is missing, or a file a trial reads is missing or does not decode
+            (one line each), before Ray starts.
         TrackingError: the tracking server does not answer (named), before any slow work.
         SweepInterrupted: Ctrl-C while the studies ran.
     """
@@ -121,6 +124,8 @@ def run_tracked_sweep(
         g = spec.data.generate
         ensure_dataset(data_root, categories, size=g.size, n_train=g.n_train, n_test_good=g.n_test_good,
                        n_test_defect=g.n_test_defect, seed=g.seed)
+    # Before Ray: a missing root or a corrupt image otherwise fails every attempt of every trial.
+    preflight_dataset(data_root, categories)
     nodes = driver.connect_ray(tracking.worker_env(tracking_uri), spec.cluster.local_num_cpus)
     tracking.check_store_for_cluster(tracking_uri, nodes)
     if nodes > 1 and not driver.is_uri(storage_root):

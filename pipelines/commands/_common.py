@@ -32,7 +32,10 @@ def config_from_args(args: argparse.Namespace) -> MemSegConfig:
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, object]]:
-    """The sweep spec of ``--config`` with ``--set``, ``--data-root`` and ``--storage`` applied, and those changes."""
+    """The sweep spec of ``--config`` with ``--set``, ``--data-root`` and ``--storage`` applied, and those changes.
+
+    A data root other than the config's turns ``data.generate`` off (``"data.generate": None`` joins the changes).
+    """
     from sweeps.spec import load_sweep_spec
 
     changes: dict[str, object] = dict(parse_overrides(args.overrides))
@@ -41,6 +44,10 @@ def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, objec
     if args.storage:
         changes["storage.path"] = args.storage
     spec = load_sweep_spec(args.config)
+    if spec.data.generate is not None and "data.root" in changes and changes["data.root"] != spec.data.root:
+        # A root the user names holds their data: when it is missing (a typo), the sweep stops naming it
+        # rather than generating a synthetic dataset there. Generation stays for the config's own root.
+        changes["data.generate"] = None
     return (spec.with_changes(changes) if changes else spec), changes
 
 
