@@ -2,8 +2,11 @@
 
 Pure: takes plain :class:`CategoryResult` records (``pipelines.report`` reads them from MLflow)
 and renders one pandas table three ways: CSV (machine-readable, full precision), Markdown and a
-self-contained HTML page with the heat-map examples embedded as data URIs, so the page still works
-when downloaded from MLflow on its own.
+self-contained HTML page with the heat-map examples and each category's Optuna plots embedded as data
+URIs, so the page still works when downloaded from MLflow on its own (a plot drawn as an HTML file, with
+plotly, is linked instead). Every plot's caption names the trials it is drawn from; a plot withheld
+(importances below :data:`pipelines.sweep_plots.MIN_TRIALS_FOR_IMPORTANCES` finished trials) is
+replaced by the sentence saying why.
 
 Units: every AUROC/AUPRO column is a percentage (the paper's unit) rounded only when rendered.
 "Delta" columns are ours minus the paper's, on the TEST split (the paper reports test figures). The
@@ -22,11 +25,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines import sweep_gain
 from pipelines.paper_results import CAVEAT, SOURCE, paper_figures
+
+if TYPE_CHECKING:  # rendering reads the records only; drawing them (optuna, matplotlib) is the report's
+    from pipelines.sweep_plots import StudyPlot
 
 PAPER_COLUMNS = ("paper_image_auroc", "diff_image_auroc", "paper_pixel_auroc", "diff_pixel_auroc")
 METRIC_COLUMNS = (
@@ -126,6 +133,7 @@ class CategoryResult:
             pretrained backbone); otherwise its paper and delta cells stay empty.
         paper_exclusion: why they do not compare ("" when they do).
         gain: the training-free baseline, the authors' defaults and the chosen trial (None without a winner).
+        plots: the category's Optuna plots, drawn or withheld with the reason, each with its trial count.
     """
 
     category: str
@@ -148,6 +156,7 @@ class CategoryResult:
     compare_with_paper: bool = False
     paper_exclusion: str = ""
     gain: sweep_gain.SweepGain | None = None
+    plots: Sequence[StudyPlot] = ()
 
 
 def _pct(value: float | None) -> float:
@@ -277,12 +286,37 @@ def _config_title(result: CategoryResult) -> str:
     return f"{result.category}: trial {result.best_trial or '-'}"
 
 
+def _relative(path: Path, base: Path | None) -> str:
+    """``path`` as a link from a page in ``base`` (its name alone when it is not below ``base``)."""
+    if base is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
+
+
+def _plot_markdown(results: Sequence[CategoryResult], base: Path | None) -> list[str]:
+    lines = []
+    for r in results:
+        for plot in r.plots:
+            shown = f"[{_relative(plot.path, base)}]({_relative(plot.path, base)})" if plot.path else plot.reason
+            lines.append(f"- {r.category}, {plot.caption}: {shown}")
+    return ["", "## Optuna plots", "", *lines] if lines else []
+
+
 def render_markdown(
-    table: pd.DataFrame, *, title: str, notes: Sequence[str] = (), results: Sequence[CategoryResult] = ()
+    table: pd.DataFrame,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+    results: Sequence[CategoryResult] = (),
+    base: Path | None = None,
 ) -> str:
     """GitHub-flavoured Markdown (written by hand: ``DataFrame.to_markdown`` needs ``tabulate``).
 
-    ``results`` (the rows' records) add why the paper's figures are left out and each winner's configuration.
+    ``results`` (the rows' records) add why the paper's figures are left out, each winner's configuration
+    and links to the Optuna plots (relative to ``base``, the page's folder).
     """
 
     def esc(text: str) -> str:
@@ -311,6 +345,7 @@ def render_markdown(
     for r in results:
         lines += ["", f"### {esc(_config_title(r))}", "", "| field | chosen | default |", "|---|---:|---:|"]
         lines += [f"| {esc(k)} | {esc(v)} | {esc(d)} |" for k, v, d in config_rows(r)]
+    lines += _plot_markdown(results, base)
     return "\n".join(lines) + "\n"
 
 
@@ -325,9 +360,11 @@ def render_html(
     notes: Sequence[str] = (),
     heatmaps: Mapping[str, Sequence[Path]] | None = None,
     results: Sequence[CategoryResult] = (),
+    base: Path | None = None,
 ) -> str:
-    """A self-contained page: the table, each winner's configuration, then heat-map examples per
-    category (PNG data URIs)."""
+    """A self-contained page: the table, each winner's configuration, each category's Optuna plots, then
+    heat-map examples per category (PNG data URIs; a plot that is an HTML file is linked relative to
+    ``base``, the page's folder)."""
     below = val_test_lines(table)
     paper = paper_lines(table, results)
     metrics_note = _metrics_note(table)
@@ -349,8 +386,8 @@ def render_html(
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child"
-        "{text-align:left}.neg{color:#b00}.pos{color:#070}figure{display:inline-block;margin:4px}"
-        "img{height:192px;image-rendering:pixelated}figcaption{font-size:11px}</style>",
+        "{text-align:left}.neg{color:#b00}.pos{color:#070}figure{display:inline-block;margin:4px;vertical-align:top}"
+        "img{max-width:100%}.plot img{width:640px}figcaption{font-size:12px}.withheld{font-style:italic}</style>",
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in (*notes, *paper)) + "</ul>",
@@ -368,6 +405,8 @@ def render_html(
         )
         parts.append(f"<h3>{html.escape(_config_title(r))}</h3><table><thead><tr><th>field</th><th>chosen</th>"
                      f"<th>default</th></tr></thead><tbody>{rows}</tbody></table>")
+    for r in results:
+        parts += _plots_html(r, base)
     for category, pngs in (heatmaps or {}).items():
         if not pngs:
             continue
@@ -380,6 +419,26 @@ def render_html(
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _plots_html(result: CategoryResult, base: Path | None) -> list[str]:
+    """One category's Optuna plots: each embedded (PNG) or linked (HTML) under its caption, or the
+    sentence that stands in for it."""
+    if not result.plots:
+        return []
+    parts = [f"<h2>{html.escape(result.category)}: Optuna plots</h2><div>"]
+    for plot in result.plots:
+        caption = html.escape(plot.caption)
+        if plot.path is None:
+            parts.append(f'<p class="withheld">{caption}: {html.escape(plot.reason)}</p>')
+        elif Path(plot.path).suffix == ".png":
+            parts.append(f'<figure class="plot"><img src="{_data_uri(Path(plot.path))}" alt="{caption}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
+        else:
+            href = html.escape(_relative(Path(plot.path), base), quote=True)
+            parts.append(f'<p class="plot"><a href="{href}">{caption}</a></p>')
+    parts.append("</div>")
+    return parts
 
 
 def _gain_html(gains: Sequence[sweep_gain.SweepGain]) -> list[str]:
@@ -411,8 +470,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(results)
     files = ReportFiles(out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.html")
-    files.markdown.write_text(render_markdown(table, title=title, notes=notes, results=results))
+    files.markdown.write_text(render_markdown(table, title=title, notes=notes, results=results, base=out_dir))
     table.to_csv(files.csv, index=False)
     heatmaps = {r.category: list(r.heatmaps) for r in results}
-    files.html.write_text(render_html(table, title=title, notes=notes, heatmaps=heatmaps, results=results))
+    files.html.write_text(render_html(table, title=title, notes=notes, heatmaps=heatmaps, results=results,
+                                      base=out_dir))
     return files

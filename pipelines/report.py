@@ -23,8 +23,11 @@ report can be written by anyone, any time after the sweep, on any machine that r
   compared figures are logged on the parent run;
 * :mod:`pipelines.leaderboard` renders CSV/Markdown/HTML next to the paper's figures;
 * :mod:`pipelines.sweep_plots` rebuilds each category's Optuna study from its trial runs and draws
-  it; the plots go to that category's parent run (``optuna/``), the leaderboard to every parent run
-  of the sweep (``report/``). Re-running overwrites both.
+  it; the plots are embedded in the HTML page under captions naming their trial counts, and go to that
+  category's parent run (``optuna/``); a plot withheld (importances below
+  :data:`pipelines.sweep_plots.MIN_TRIALS_FOR_IMPORTANCES` finished trials) goes there as
+  ``optuna/<plot>.txt`` with the sentence the page shows instead. The leaderboard goes to every parent
+  run of the sweep (``report/``). Re-running overwrites both.
 
 Trials stopped early by ASHA enter the rebuilt study as COMPLETE with their last best-so-far value,
 which is what Ray's OptunaSearch told the live study. The plots' objective is the category's
@@ -64,7 +67,8 @@ _STATE = {"finished": sweep_plots.COMPLETE, "pruned": sweep_plots.COMPLETE, "fai
 
 @dataclass
 class CategoryReport:
-    """One category's row, the metric it was selected on, its rebuilt study's plots and where they were logged."""
+    """One category's row, the metric it was selected on, its rebuilt study's plot files (all of its plots,
+    drawn or withheld, are ``result.plots``) and where they were logged."""
 
     result: leaderboard.CategoryResult
     parent_run_id: str
@@ -161,6 +165,11 @@ def collect_category(
     exclusion = provenance.paper_exclusion(facts)
     rho, rho_aupro, n, reason = _val_test_fields(parent)
     gain = _sweep_gain(parent, children, best_run, test, hours, facts) if best_run is not None else None
+    study = sweep_plots.build_study(
+        _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
+        study_name=f"{sweep_id}-{category}",
+    )
+    plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
     result = leaderboard.CategoryResult(
         category=category,
         val=val,
@@ -182,14 +191,11 @@ def collect_category(
         compare_with_paper=not exclusion,
         paper_exclusion=exclusion,
         gain=gain,
+        plots=plots,
     )
-    study = sweep_plots.build_study(
-        _trial_records(client, children, parent.tune_metric, parent.selection_metric, fields),
-        study_name=f"{sweep_id}-{category}",
-    )
-    plots = sweep_plots.plot_study(study, workdir / "plots" / category, metric=parent.tune_metric)
+    files = [p.path for p in plots if p.path is not None]
     texture = next((r.params[TEXTURE_SOURCE] for r in (best_run, *children) if r and TEXTURE_SOURCE in r.params), "")
-    return CategoryReport(result, parent.run_id, parent.selection_metric, plots, texture, facts)
+    return CategoryReport(result, parent.run_id, parent.selection_metric, files, texture, facts)
 
 
 def _sweep_gain(
@@ -343,8 +349,12 @@ def write_sweep_report(tracking_uri: str, sweep_id: str, out_dir: Path, *, log_t
                     client.log_metric(cat.parent_run_id, key, value)
             for file in (files.markdown, files.csv, files.html):
                 client.log_artifact(cat.parent_run_id, str(file), REPORT_ARTIFACT_DIR)
-            for plot in cat.plots:
-                client.log_artifact(cat.parent_run_id, str(plot), PLOTS_ARTIFACT_DIR)
+            for plot in cat.result.plots:
+                if plot.path is not None:
+                    client.log_artifact(cat.parent_run_id, str(plot.path), PLOTS_ARTIFACT_DIR)
+                else:
+                    client.log_text(cat.parent_run_id, f"{plot.caption}: {plot.reason}\n",
+                                    f"{PLOTS_ARTIFACT_DIR}/{plot.kind}.txt")
     paper = leaderboard.paper_lines(leaderboard.build_table([c.result for c in categories]),
                                     [c.result for c in categories])
     return SweepReport(sweep_id, files, categories, [*produced_by, *paper])

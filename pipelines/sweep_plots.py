@@ -9,7 +9,9 @@ draws the optimisation history, the parameter importances and a parallel-coordin
 Rendering: ``optuna.visualization`` (plotly) is used when plotly is installed and writes HTML;
 otherwise ``optuna.visualization.matplotlib`` writes PNGs (plotly is not a dependency here).
 Importances use PED-ANOVA, which needs only numpy (fANOVA, Optuna's default, needs scikit-learn,
-a test-only dependency of this project).
+a test-only dependency of this project). They are drawn only from :data:`MIN_TRIALS_FOR_IMPORTANCES`
+finished trials on; below that :func:`plot_study` returns a sentence saying so instead of the picture.
+Every picture's title names the number of trials it is drawn from.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 _STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAIL: TrialState.FAIL}
 # A float range this wide (max/min) is drawn on a log axis, as a log-uniform space would be.
 _LOG_RATIO = 100.0
+# Below this many finished trials, importances rank noise: with 2 trials every swept param got the same
+# share (0.17 each), which reads as a finding. Ten is where the top and bottom of PED-ANOVA's quantile
+# split hold a few trials each.
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+HISTORY, IMPORTANCES, PARALLEL = "optimization_history", "param_importances", "parallel_coordinate"
+TITLES = {HISTORY: "optimisation history", IMPORTANCES: "parameter importances", PARALLEL: "parallel coordinates"}
 
 
 @dataclass(frozen=True)
@@ -132,56 +141,114 @@ def build_study(
     return study
 
 
+@dataclass(frozen=True)
+class StudyPlot:
+    """One of a study's pictures, or the sentence that stands in for it.
+
+    Attributes:
+        kind: :data:`HISTORY`, :data:`IMPORTANCES` or :data:`PARALLEL`.
+        trials: the study's trials, all outcomes.
+        finished: its trials with a value (COMPLETE), which the picture is drawn from.
+        path: the file written (``.png``, or ``.html`` with plotly); None when not drawn.
+        reason: why it is not drawn ("" when it is).
+    """
+
+    kind: str
+    trials: int
+    finished: int
+    path: Path | None = None
+    reason: str = ""
+
+    @property
+    def caption(self) -> str:
+        """The picture's name and its trial count, e.g. ``parameter importances, 12 finished trials of 13``."""
+        return f"{TITLES.get(self.kind, self.kind)}, {_count(self.finished, self.trials)}"
+
+
+def _count(finished: int, trials: int) -> str:
+    noun = "trial" if finished == 1 else "trials"
+    return f"{finished} finished {noun}" + (f" of {trials}" if trials != finished else "")
+
+
+def importances_withheld(finished: int) -> str:
+    """The sentence shown instead of the importances below :data:`MIN_TRIALS_FOR_IMPORTANCES` finished trials."""
+    return (
+        f"Parameter importances are not shown: {_count(finished, finished)}, fewer than "
+        f"{MIN_TRIALS_FOR_IMPORTANCES}; with so few trials they rank noise, not the parameters."
+    )
+
+
 def plotly_available() -> bool:
     return importlib.util.find_spec("plotly") is not None
 
 
-def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Path]:
+def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[StudyPlot]:
     """Optimisation history, parameter importances and parallel coordinates of ``study``.
 
-    A plot that the data cannot support (e.g. importances with fewer than two finished trials or no
-    swept parameter) is skipped with a log line, not an error: a 2-trial smoke sweep still reports.
+    Importances need :data:`MIN_TRIALS_FOR_IMPORTANCES` finished trials and a swept parameter; below
+    that the entry carries :func:`importances_withheld`'s sentence and no file (a stale picture from an
+    earlier report in ``out_dir`` is removed). A plot that the data cannot support otherwise (nothing
+    finished, no swept parameter) is skipped with a log line and a reason, not an error: a 2-trial smoke
+    sweep still reports.
 
     Returns:
-        The files written (``*.html`` with plotly, else ``*.png``).
+        One entry per picture, in the order above, each with the trial count its title names.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     swept = sorted({p for t in complete for p in t.params})
-    plots: list[tuple[str, dict[str, Any]]] = [("optimization_history", {})]
-    if len(complete) >= 2 and swept:
-        # With few trials the default top-10% quantile holds < 2 trials; use at least two.
-        q = min(0.5, max(0.1, 2.0 / len(complete)))
-        plots.append(("param_importances", {"evaluator": PedAnovaImportanceEvaluator(target_quantile=q)}))
+    total, finished = len(study.trials), len(complete)
+    out: list[StudyPlot] = []
+    plots: list[tuple[str, dict[str, Any]]] = [(HISTORY, {})]
+    if finished < MIN_TRIALS_FOR_IMPORTANCES:
+        out.append(StudyPlot(IMPORTANCES, total, finished, reason=importances_withheld(finished)))
+    elif not swept:
+        out.append(StudyPlot(IMPORTANCES, total, finished, reason="Parameter importances are not shown: no parameter "
+                                                                  "took more than one value."))
     else:
-        log.info("%s: param importances skipped (%d finished trials, %d swept params)", study.study_name,
-                 len(complete), len(swept))
+        # The default top-10% quantile must hold at least two trials.
+        q = min(0.5, max(0.1, 2.0 / finished))
+        plots.append((IMPORTANCES, {"evaluator": PedAnovaImportanceEvaluator(target_quantile=q)}))
     if complete and swept:
-        plots.append(("parallel_coordinate", {}))
-    written: list[Path] = []
+        plots.append((PARALLEL, {}))
+    else:
+        out.append(StudyPlot(PARALLEL, total, finished, reason="Parallel coordinates are not shown: no finished "
+                                                               "trial or no parameter that took more than one value."))
+    for entry in out:
+        log.info("%s: %s", study.study_name, entry.reason)
+        for stale in out_dir.glob(f"{entry.kind}.*"):
+            stale.unlink()
     use_plotly = plotly_available()
     for name, kwargs in plots:
+        title = StudyPlot(name, total, finished).caption
         try:
-            written.append(_render(study, name, kwargs, out_dir, metric, use_plotly))
+            path = _render(study, name, kwargs, out_dir, metric, use_plotly, title)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             log.warning("%s: plot %s skipped: %s", study.study_name, name, exc)
-    return written
+            out.append(StudyPlot(name, total, finished, reason=f"{TITLES[name].capitalize()} not drawn: {exc}"))
+        else:
+            out.append(StudyPlot(name, total, finished, path))
+    order = [HISTORY, IMPORTANCES, PARALLEL]
+    return sorted(out, key=lambda p: order.index(p.kind))
 
 
 def _render(
-    study: optuna.Study, name: str, kwargs: dict[str, Any], out_dir: Path, metric: str, use_plotly: bool
+    study: optuna.Study, name: str, kwargs: dict[str, Any], out_dir: Path, metric: str, use_plotly: bool, title: str
 ) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if use_plotly:
             fig = getattr(optuna.visualization, f"plot_{name}")(study, target_name=metric, **kwargs)
+            fig.update_layout(title_text=title)
             path = out_dir / f"{name}.html"
             fig.write_html(str(path), include_plotlyjs="cdn")
             return path
         matplotlib.use("Agg")  # headless: no display on workers or CI
         ax = getattr(optuna.visualization.matplotlib, f"plot_{name}")(study, target_name=metric, **kwargs)
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        first = ax if hasattr(ax, "figure") else ax.flat[0]
+        first.set_title(title)
+        fig = first.figure
         fig.set_size_inches(10, 6)
         fig.tight_layout()
         path = out_dir / f"{name}.png"

@@ -31,6 +31,8 @@ from memseg.metrics.rank_correlation import val_test_rank_correlation
 from memseg.model import create_model
 from memseg.training.checkpoint import load_model_file, save_model
 from pipelines import flow, promotion, registry, report, schema, sweep_stage, tracking
+from pipelines.schema import PLOTS_ARTIFACT_DIR
+from pipelines.sweep_plots import importances_withheld
 from sweeps import driver
 from sweeps.spec import SweepSpec, load_sweep_spec
 from tests.helpers.mlflow_server import MlflowServer
@@ -216,6 +218,12 @@ def test_aupro_selection_reaches_registration_gate_and_report(
     (category,) = written.categories
     assert category.selection_metric == "val_pixel_aupro" and category.result.best_trial == "t_aupro"
     assert "selected on val_pixel_aupro" in written.files.markdown.read_text()
+    # Two trials: the importances are a sentence in MLflow too, not a picture.
+    plots = {a.path for a in client.list_artifacts(category.parent_run_id, PLOTS_ARTIFACT_DIR)}
+    assert "optuna/optimization_history.png" in plots and "optuna/param_importances.png" not in plots
+    withheld = Path(client.download_artifacts(category.parent_run_id, "optuna/param_importances.txt",
+                                              str(tmp_path))).read_text()
+    assert withheld == f"parameter importances, 2 finished trials: {importances_withheld(2)}\n"
     # Two trials: no rank correlation, and the reason says why (the study ended without test_figures
     # here, so the report says it was not recorded; a finalize with them records the reason).
     assert "not recorded" in category.result.val_test_reason

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ import pytest
 from pipelines.leaderboard import CategoryResult, build_table, render_markdown, write_report
 from pipelines.paper_results import PAPER_MEAN_IMAGE_AUROC, PAPER_MEAN_PIXEL_AUROC, paper_categories, paper_figures
 from pipelines.report import CategoryReport, texture_source_note
+from pipelines.sweep_plots import MIN_TRIALS_FOR_IMPORTANCES, TrialRecord, build_study, importances_withheld, plot_study
 
 
 def _bottle() -> CategoryResult:
@@ -157,3 +160,44 @@ def test_the_chosen_configuration_lists_every_swept_field_with_the_default_where
     assert "<td>optim.lr</td><td>0.054</td><td>0.04</td>" in files.html.read_text()
     assert pd.read_csv(files.csv).loc[0, "hyperparameters"] == (
         "model.memory_size=8, optim.lr=0.054 (default 0.04), optim.optimizer=sgd")
+
+
+def _plotted(tmp_path: Path, finished: int) -> CategoryResult:
+    """The bottle row with the Optuna plots of ``finished`` recorded trials (two swept params)."""
+    trials = [
+        TrialRecord(i, {"optim.lr": str(0.001 * (1 + i)), "model.memory_size": str(10 + i % 3)}, 0.5 + 0.01 * i)
+        for i in range(finished)
+    ]
+    plots = plot_study(build_study(trials), tmp_path / "out" / "plots" / "bottle", metric="val_pixel_auroc")
+    return CategoryResult(**{**_bottle().__dict__, "plots": plots})
+
+
+def _figures(page: str) -> dict[str, str]:
+    """Each embedded figure's caption -> its image's source."""
+    found = re.findall(r'<figure class="plot"><img src="([^"]+)" alt="[^"]*"><figcaption>([^<]+)</figcaption>', page)
+    return {html.unescape(caption): src for src, caption in found}
+
+
+def test_with_few_trials_the_page_has_the_sentence_and_no_importance_plot(tmp_path: Path) -> None:
+    files = write_report([_plotted(tmp_path, 2)], tmp_path / "out", title="t")
+    page = files.html.read_text()
+    figures = _figures(page)
+    assert set(figures) == {"optimisation history, 2 finished trials", "parallel coordinates, 2 finished trials"}
+    assert all(src.startswith("data:image/png;base64,") for src in figures.values())
+    assert not any("importances" in caption for caption in figures)
+    assert html.escape(f"parameter importances, 2 finished trials: {importances_withheld(2)}") in page
+    assert importances_withheld(2) in files.markdown.read_text()
+
+
+def test_from_the_minimum_trials_on_the_page_embeds_the_importance_plot(tmp_path: Path) -> None:
+    n = MIN_TRIALS_FOR_IMPORTANCES
+    files = write_report([_plotted(tmp_path, n)], tmp_path / "out", title="t")
+    page = files.html.read_text()
+    figures = _figures(page)
+    assert set(figures) == {f"{kind}, {n} finished trials" for kind in
+                            ("optimisation history", "parameter importances", "parallel coordinates")}
+    png = (tmp_path / "out" / "plots" / "bottle" / "param_importances.png").read_bytes()
+    assert figures[f"parameter importances, {n} finished trials"] == (
+        "data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+    assert "not shown" not in page
+    assert "[plots/bottle/param_importances.png](plots/bottle/param_importances.png)" in files.markdown.read_text()
