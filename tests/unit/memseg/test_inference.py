@@ -23,7 +23,22 @@ from memseg.inference import (
 )
 from memseg.metrics import compute_metrics, image_scores, keys
 from memseg.model import MemSeg, create_model
-from memseg.visualize import overlay_heatmap, panel
+from memseg.visualize import (
+    BAR_AREA_PX,
+    BAR_GAP_PX,
+    BAR_PX,
+    FOOTER_PX,
+    LABEL_PX,
+    MAX_TILE_PX,
+    MIN_TILE_PX,
+    SEPARATOR_PX,
+    colorize,
+    map_range,
+    overlay_heatmap,
+    panel,
+    scale_note,
+    tile_size,
+)
 from pipelines.cli import main
 
 SIZE = 64
@@ -150,17 +165,94 @@ def test_overlay_marks_high_scores_red_on_grey() -> None:
     assert (out[0, 0] == 128).all()
 
 
-def test_panel_has_three_tiles_and_draws_the_gt_outline() -> None:
+def _tiles(out: np.ndarray, n: int, th: int, tw: int) -> list[np.ndarray]:
+    """The ``n`` tiles of a panel (below their label strips), left to right."""
+    return [out[LABEL_PX : LABEL_PX + th, i * (tw + SEPARATOR_PX) : i * (tw + SEPARATOR_PX) + tw] for i in range(n)]
+
+
+def _dark(region: np.ndarray) -> bool:
+    """Whether ``region`` (on white) holds text: some near-black pixels."""
+    return bool((region.max(axis=2) < 100).any())
+
+
+def test_panel_has_four_labelled_tiles_a_colour_bar_and_draws_the_gt_outline() -> None:
     image = np.full((48, 40, 3), 100, np.uint8)
+    image[5, 5] = (250, 10, 10)
     mask = np.zeros((48, 40), np.uint8)
     mask[10:30, 10:20] = 1
-    tiles = panel(image, mask, np.zeros((48, 40), np.float32))
-    assert tiles.shape == (48, 3 * 40 + 8, 3) and tiles.dtype == np.uint8
-    middle = tiles[:, 44:84]
-    green = (middle[..., 1] == 255) & (middle[..., 0] == 0)
-    assert green.any() and not green[20, 15]  # an outline, not a filled region
-    np.testing.assert_array_equal(tiles[:, :40], image)
-    np.testing.assert_array_equal(panel(image, None, np.zeros((48, 40)))[:, 44:84], image)
+    th, tw = tile_size(48, 40)
+    assert (th, tw) == (48 * 6, 40 * 6)  # a whole factor: the longer side reaches 256 px
+    out = panel(image, mask, np.zeros((48, 40), np.float32))
+    assert out.dtype == np.uint8
+    assert out.shape == (LABEL_PX + th + FOOTER_PX, 4 * tw + 3 * SEPARATOR_PX + BAR_AREA_PX, 3)
+    shown, truth, heat, overlay = _tiles(out, 4, th, tw)
+    np.testing.assert_array_equal(shown, np.repeat(np.repeat(image, 6, axis=0), 6, axis=1))  # nearest upscale
+    green = (truth[..., 1] == 255) & (truth[..., 0] == 0)
+    assert green.any() and not green[20 * 6, 15 * 6]  # an outline, not a filled region
+    # A flat map draws as the bottom colour of the scale and leaves the overlay as the image.
+    assert (heat == colorize(np.zeros((1, 1)))[0, 0]).all()
+    np.testing.assert_array_equal(overlay, shown)
+    # Every tile and the colour bar have a label strip with text in it.
+    for i in range(4):
+        x = i * (tw + SEPARATOR_PX)
+        assert _dark(out[:LABEL_PX, x : x + tw])
+    assert _dark(out[:LABEL_PX, -BAR_AREA_PX:]) and _dark(out[-FOOTER_PX:])
+    without = panel(image, None, np.zeros((48, 40)))
+    assert without.shape[1] == 3 * tw + 2 * SEPARATOR_PX + BAR_AREA_PX
+    np.testing.assert_array_equal(_tiles(without, 3, th, tw)[1], heat)  # no ground-truth tile
+
+
+def test_the_colour_bar_follows_the_colormap_and_prints_its_numbers() -> None:
+    image = np.full((64, 64, 3), 128, np.uint8)
+    anomaly_map = np.linspace(0.0, 0.15, 64 * 64, dtype=np.float32).reshape(64, 64)
+    out = panel(image, None, anomaly_map)
+    th = tile_size(64, 64)[0]
+    bar_area = out[LABEL_PX : LABEL_PX + th, -BAR_AREA_PX:]
+    bar = bar_area[:, BAR_GAP_PX : BAR_GAP_PX + BAR_PX]
+    expected = colorize(np.linspace(1.0, 0.0, th)[:, None])[:, 0]  # top of the scale at the top
+    np.testing.assert_array_equal(bar, np.repeat(expected[:, None], BAR_PX, axis=1))
+    assert tuple(bar[0, 0]) != tuple(bar[-1, 0])  # a real ramp, not one colour
+    labels = bar_area[:, BAR_GAP_PX + BAR_PX :]
+    assert _dark(labels[:20]) and _dark(labels[th // 2 - 10 : th // 2 + 10]) and _dark(labels[-20:])
+    assert map_range(anomaly_map) == pytest.approx((0.0, 0.15))
+    assert scale_note(map_range(anomaly_map)) == "colour scale: this map's min to max, 0.000 to 0.150 (not 0 to 1)"
+
+
+def test_a_map_that_peaks_at_0_15_gets_the_full_contrast_of_the_stretched_scale() -> None:
+    image = np.full((64, 64, 3), 128, np.uint8)
+    anomaly_map = np.zeros((64, 64), np.float32)
+    anomaly_map[24:40, 24:40] = 0.15
+    out = panel(image, None, anomaly_map)
+    th, tw = tile_size(64, 64)
+    _, heat, overlay = _tiles(out, 3, th, tw)
+    top, bottom = colorize(np.ones((1, 1)))[0, 0], colorize(np.zeros((1, 1)))[0, 0]
+    np.testing.assert_array_equal(heat[th // 2, tw // 2], top)  # 0.15 is the top of this map's scale
+    np.testing.assert_array_equal(heat[5, 5], bottom)
+    r, g, b = overlay[th // 2, tw // 2].astype(int)
+    assert r >= 120 and r > g + 40 and r > b + 40  # visibly red on grey
+    assert (overlay[5, 5] == 128).all()
+    # On the fixed probability scale the same map barely tints the image.
+    fixed = overlay_heatmap(image, anomaly_map).astype(int)
+    assert np.abs(fixed[32, 32] - 128).max() < 40
+
+
+def test_small_images_are_shown_at_256_px_and_large_ones_shrunk() -> None:
+    assert tile_size(64, 64) == (256, 256)
+    assert min(tile_size(64, 64)) >= MIN_TILE_PX
+    out = panel(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64)), np.zeros((64, 64)))
+    assert out.shape[0] - LABEL_PX - FOOTER_PX >= 256
+    assert (out.shape[1] - BAR_AREA_PX - 3 * SEPARATOR_PX) // 4 >= 256
+    assert tile_size(1024, 512) == (MAX_TILE_PX, MAX_TILE_PX // 2)
+    assert tile_size(300, 300) == (300, 300)
+
+
+def test_overlay_on_a_stated_range_stretches_it() -> None:
+    image = np.full((16, 16, 3), 128, np.uint8)
+    anomaly_map = np.full((16, 16), 0.15, np.float32)
+    np.testing.assert_array_equal(overlay_heatmap(image, anomaly_map, value_range=(0.0, 0.15)),
+                                  overlay_heatmap(image, np.ones((16, 16), np.float32)))
+    with pytest.raises(ValueError, match="value_range must rise"):
+        overlay_heatmap(image, anomaly_map, value_range=(0.2, 0.2))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
