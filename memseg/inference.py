@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from memseg.config import MemSegConfig, resolve_for_category
 from memseg.data.mvtec import IMAGE_SUFFIXES, read_rgb, resize_square
@@ -164,7 +165,7 @@ def to_rgb_u8(image: np.ndarray) -> np.ndarray:
 
 
 def predict(
-    model: MemSeg,
+    model: MemSeg | nn.Module,
     images_u8: Sequence[np.ndarray],
     cfg: MemSegConfig,
     device: str | torch.device | None = None,
@@ -175,7 +176,8 @@ def predict(
     """Score images of any size.
 
     Args:
-        model: a loaded MemSeg (:func:`load_checkpoint`).
+        model: a loaded MemSeg (:func:`load_checkpoint`), or anything with its ``anomaly_map``
+            (:class:`memseg.export.torch_adapter.OnnxBackedModel` runs an exported graph).
         images_u8: uint8 RGB ``(H, W, 3)`` (or grayscale ``(H, W)``) images; sizes may differ.
         cfg: the model's config (``data.image_size``, ``eval.top_k``, ``eval.batch_size``).
         device: where to run; None = where the model is.
@@ -260,7 +262,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def predict_paths(
-    model: MemSeg,
+    model: MemSeg | nn.Module,
     cfg: MemSegConfig,
     paths_or_dir: str | Path | Iterable[str | Path],
     out_dir: str | Path,

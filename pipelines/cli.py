@@ -16,7 +16,7 @@ from memseg.errors import MemSegError
 from pipelines.errors import SweepInterrupted
 
 # Order is the order in `memseg --help`.
-COMMANDS = ("data", "train", "evaluate", "predict", "bench", "sweep", "pipeline", "promote", "report")
+COMMANDS = ("data", "train", "evaluate", "predict", "export", "bench", "sweep", "pipeline", "promote", "report")
 
 EPILOG = """\
 Start here:

@@ -43,6 +43,15 @@ def _nearest_rows(queries: Tensor, keys: Tensor) -> Tensor:
     return torch.cat([torch.cdist(queries[i : i + step], keys).argmin(dim=1) for i in range(0, queries.shape[0], step)])
 
 
+def _l1_to_each_sample(pooled: Tensor, memory: Tensor) -> Tensor:
+    """``(B, N)`` L1 distances as one subtraction and sum per memory sample.
+
+    The same figures as ``torch.cdist(p=1)`` up to float summation order, from ordinary element-wise
+    ops and reductions: ONNX has no cdist, and the legacy exporter's cdist computes another norm.
+    """
+    return torch.stack([(pooled - memory[n]).abs().sum(dim=(1, 2, 3)) for n in range(memory.shape[0])], dim=1)
+
+
 class MemoryComparison(NamedTuple):
     """What the memory module hands on, one entry per level (layer1..layer3).
 
@@ -89,6 +98,8 @@ class MemoryBank(nn.Module):
         self.pooling = pooling
         self.per_level_selection = per_level_selection
         self.match = match
+        # Set by memseg.export while tracing: the distances from ops every ONNX runtime has.
+        self.export_friendly = False
         for k, c in enumerate(self.channels, start=1):
             self.register_buffer(f"level{k}", torch.zeros(0, c, 0, 0))
 
@@ -162,7 +173,10 @@ class MemoryBank(nn.Module):
 
     def _aligned_differences(self, pooled: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         # (B, N) L1 distances per level, without materialising (B, N, C, H, W).
-        distances = [torch.cdist(p.flatten(1), m.flatten(1), p=1) for p, m in zip(pooled, self.levels, strict=True)]
+        if self.export_friendly:
+            distances = [_l1_to_each_sample(p, m) for p, m in zip(pooled, self.levels, strict=True)]
+        else:
+            distances = [torch.cdist(p.flatten(1), m.flatten(1), p=1) for p, m in zip(pooled, self.levels, strict=True)]
         if self.per_level_selection:
             indices = torch.stack([d.argmin(dim=1) for d in distances], dim=1)
         else:

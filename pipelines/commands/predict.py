@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.commands._common import add_model_args, checkpoint_file
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from memseg.config import MemSegConfig
+    from memseg.export.torch_adapter import OnnxBackedModel
 
 DESCRIPTION = """\
 Score images with a trained MemSeg checkpoint (a file or folder, or a registered model version
@@ -53,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fp32 (default, as evaluation) or bf16: bfloat16 autocast of the trainable head, ~1.7x faster "
         "on CPUs with AVX512-BF16/AMX and on GPUs; scores move by a few 1e-3",
     )
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="torch (default) or onnx: onnxruntime on the CPU runs --checkpoint if it is an .onnx file from "
+        "`memseg export`, else the checkpoint is exported first (same files; see docs/export.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -65,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
     collect_images(args.inputs, exclude=Path(args.out))  # a missing input fails before the model loads
     set_num_threads(args.threads)
     device = resolve_device(args.device)
-    with checkpoint_file(args) as (checkpoint, _):
-        model, cfg = load_checkpoint(checkpoint, device)
+    model: nn.Module
+    if args.backend == "onnx":
+        model, cfg = _onnx_model(args)
+        device = resolve_device("cpu")
+    else:
+        with checkpoint_file(args) as (checkpoint, _):
+            model, cfg = load_checkpoint(checkpoint, device)
     if args.batch_size:
         cfg = cfg.with_overrides({"eval.batch_size": args.batch_size})
     report = predict_paths(
@@ -87,3 +104,22 @@ def run(args: argparse.Namespace) -> int:
     for path, score in sorted(report.scores, key=lambda item: -item[1])[:5]:
         print(f"  {score:.4f}  {path}")
     return 0
+
+
+def _onnx_model(args: argparse.Namespace) -> tuple[OnnxBackedModel, MemSegConfig]:
+    """The exported graph --checkpoint names (an .onnx file), or one exported from the checkpoint now."""
+    import tempfile
+
+    from memseg.export.onnx_graph import export_onnx
+    from memseg.export.runtime import OnnxAnomalyModel
+    from memseg.export.torch_adapter import OnnxBackedModel
+    from memseg.inference import load_checkpoint
+
+    if args.checkpoint.endswith(".onnx"):
+        runtime = OnnxAnomalyModel(args.checkpoint, threads=args.threads)
+    else:
+        with checkpoint_file(args) as (checkpoint, label), tempfile.TemporaryDirectory(prefix="memseg-onnx-") as tmp:
+            model, cfg = load_checkpoint(checkpoint)
+            path = export_onnx(model, cfg, Path(tmp) / "model.onnx", source=label)
+            runtime = OnnxAnomalyModel(path, threads=args.threads)  # the session holds the graph in memory
+    return OnnxBackedModel(runtime), runtime.config
