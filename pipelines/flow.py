@@ -34,12 +34,11 @@ from typing import TextIO
 
 from memseg.errors import ConfigError, MemSegError
 from memseg.metrics import keys
-from pipelines import promotion, registry, report, sweep_gain
+from pipelines import promotion, registry, report, sweep_gain, sweep_stage
 from pipelines.leaderboard import CategoryResult, format_value
 from pipelines.promotion import PromotionOutcome, PromotionPolicy
 from pipelines.registry import Registration
 from pipelines.report import SweepReport
-from pipelines.sweep_stage import run_tracked_sweep
 from pipelines.tracking import TrackingError, check_tracking_store, ui_hint
 from sweeps import driver
 from sweeps.spec import SweepSpec, unique
@@ -81,17 +80,24 @@ def tracking_guard(uri: str) -> Iterator[None]:
 
 def finished_categories(uri: str, sweep_id: str, categories: Sequence[str]) -> list[str]:
     """The categories whose study ended (parent run FINISHED) with a best trial."""
+    return category_states(uri, sweep_id, categories)[0]
+
+
+def category_states(uri: str, sweep_id: str, categories: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(finished, failed): the categories whose study ended with a best trial, and those whose parent run FAILED."""
     client = registry.tracking_client(uri)
     try:
         experiment_id = registry.sweep_experiment_id(client, sweep_id)
     except registry.RegistrationError:
-        return []
-    done = []
+        return [], []
+    done, failed = [], []
     for category in categories:
         parent = registry.parent_run(client, experiment_id, sweep_id, category)
         if parent is not None and parent.finished:
             done.append(category)
-    return done
+        elif parent is not None and parent.status == "FAILED":
+            failed.append(category)
+    return done, failed
 
 
 def run_pipeline(
@@ -106,6 +112,7 @@ def run_pipeline(
     device: str = "auto",
     on_step: StepHook | None = None,
     stream: TextIO | None = None,
+    retry_failed: bool = False,
 ) -> PipelineResult:
     """Sweep the categories, register each winner, run the promotion gate, write the report.
 
@@ -120,6 +127,7 @@ def run_pipeline(
         device: where registration and the gate evaluate (``auto``/``cpu``/``cuda``).
         on_step: called as ``on_step(stage, category)`` after every finished step (progress, tests).
         stream: where progress and the summary are printed (default: the current ``sys.stdout``).
+        retry_failed: rerun the trials of the continued sweep that failed for good (their cause fixed).
 
     Raises:
         TrackingError: the tracking server is not reachable (the message names it).
@@ -155,19 +163,27 @@ def run_pipeline(
 
     # 1. sweep -------------------------------------------------------------------------------------
     with tracking_guard(uri):
-        done = finished_categories(uri, sweep_id, categories) if exists else []
+        done, failed = category_states(uri, sweep_id, categories) if exists else ([], [])
     pending = [c for c in categories if c not in done]
     result.skipped_sweeps = done
     if done:
         say(f"[sweep] finished already, skipped: {', '.join(done)}")
+    if failed and not retry_failed:
+        say(f"[sweep] {', '.join(failed)}: this sweep failed there before; its failed trials are not rerun.\n"
+            f"  {sweep_stage.retry_hint(spec.name, sweep_id, failed, command='pipeline')}")
     if pending:
-        say(f"[sweep] {'resuming' if exists else 'running'}: {', '.join(pending)}")
+        say(f"[sweep] {'resuming' if exists else 'running'}: {', '.join(pending)}"
+            f"{' (failed trials again)' if retry_failed and exists else ''}")
         generate = spec.data.generate.model_dump() if spec.data.generate is not None else None
         where = {"data.root": spec.data.root, "data.generate": generate, "storage.path": spec.storage.path}
         with tracking_guard(uri):
-            run_tracked_sweep(spec, tracking_uri=uri, categories=pending, resume=exists, sweep_id=sweep_id,
-                              changes=where, stream=out, summary_params=False)
+            swept = sweep_stage.run_tracked_sweep(
+                spec, tracking_uri=uri, categories=pending, resume=exists, sweep_id=sweep_id, changes=where,
+                stream=out, summary_params=False, retry_failed=retry_failed and exists)
         result.swept = pending
+        no_result = [c for c, r in swept.result.categories.items() if r.best is None]
+        if no_result:
+            say(sweep_stage.retry_hint(spec.name, sweep_id, no_result, command="pipeline"))
     step("sweep", None)
 
     # 2. register ------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def run_tracked_sweep(
     stream: TextIO | None = None,
     trainable_factory: driver.TrainableFactory | None = None,
     summary_params: bool = True,
+    retry_failed: bool = False,
 ) -> TrackedSweep:
     """Plan, track and run a sweep; print the status table while it runs and the winners at the end.
 
@@ -86,6 +87,7 @@ def run_tracked_sweep(
         trainable_factory: what the trials run (default: the real trainable; tests wrap it).
         summary_params: list each winner's swept values in the closing summary (the pipeline prints
             them once, in its own summary, so it passes False).
+        retry_failed: with ``resume``, run the errored trials again (after their cause was fixed).
 
     Raises:
         SweepError: nothing to resume, or a new sweep's id exists already.
@@ -152,7 +154,7 @@ def run_tracked_sweep(
     try:
         with StatusPrinter(board, spec.cluster.status_interval_s, stream) as printer:
             result = driver.run_sweep(spec, plans, resume=resume, callbacks_for=lambda p: callbacks[p.category],
-                                      board=board, trainable_factory=trainable_factory)
+                                      board=board, trainable_factory=trainable_factory, retry_failed=retry_failed)
             printer.print()
     except KeyboardInterrupt:
         raise SweepInterrupted(spec.name, sweep_id) from None
@@ -160,7 +162,22 @@ def run_tracked_sweep(
         unregister_board(sweep_id)
     close_tracked_sweep(tracker, spec, plans, result.categories, data_root=str(data_root))
     print(format_summary(result, tracking_uri, tracker.experiment_id, params=summary_params), file=stream, flush=True)
+    failed = [c for c, r in result.categories.items() if r.best is None]
+    if failed and summary_params:  # the pipeline says it in its own words
+        print(retry_hint(spec.name, sweep_id, failed, command="sweep"), file=stream, flush=True)
     return TrackedSweep(result, tracking_uri, tracker.experiment_id)
+
+
+def retry_hint(spec_name: str, sweep_id: str, failed: Sequence[str], *, command: str) -> str:
+    """What to do about categories without a result: rerun their failed trials once fixed, or start anew."""
+    if command == "sweep":
+        retry = f"memseg sweep --config {spec_name} --resume --sweep-id {sweep_id} --retry-failed"
+        anew = f"memseg sweep --config {spec_name}"
+    else:
+        retry = f"memseg pipeline run --config {spec_name} --sweep-id {sweep_id} --retry-failed"
+        anew = f"memseg pipeline run --config {spec_name} --new"
+    return (f"{', '.join(failed)}: no result. Fix the cause named above, then rerun the failed trials with\n"
+            f"  {retry}\nor start a new sweep with\n  {anew}")
 
 
 def close_tracked_sweep(

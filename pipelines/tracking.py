@@ -47,6 +47,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -93,7 +94,7 @@ from pipelines.schema import (
     TrialRun,
     experiment_name,
 )
-from sweeps.driver import CategoryPlan, CategoryResult, is_uri
+from sweeps.driver import CategoryPlan, CategoryResult, error_tail, is_uri
 from sweeps.status import classify
 from sweeps.trainable import trial_config
 from sweeps.tune_callback import NODE_KEY
@@ -401,7 +402,10 @@ class SweepTracking:
             if best.score is not None and math.isfinite(best.score):
                 self.client.log_metric(parent, schema.parent_best_metric(plan.metric), best.score)
         if error:
-            self.client.set_tag(parent, TAG_ERROR, str(error)[:5000])
+            detail = result.error_detail if result is not None else None
+            self.client.set_tag(parent, TAG_ERROR, f"{error}\n\n{detail}" if detail else str(error))
+        elif TAG_ERROR in self.client.get_run(parent).data.tags:  # a failure fixed by a retry
+            self.client.delete_tag(parent, TAG_ERROR)
         return parent
 
 
@@ -622,10 +626,30 @@ def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) ->
 
 
 def _error_text(trial: Trial) -> str:
-    err = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(err) if err else (trial.error_file or "error")
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else text)[:5000]
+    """The text of the trial's latest failure (:func:`sweeps.driver.error_tail`), never a path to it.
+
+    Tune writes ``error.txt`` in the trial's local staging folder first (a temporary Ray session folder)
+    and syncs it to storage later, so the local file is read first, then storage, then the pickled error.
+    """
+    text: str | None = None
+    local = trial.error_file
+    if local and Path(local).is_file():
+        text = Path(local).read_text(errors="replace")
+    if not text:
+        stored: object  # typed TuneError by Ray, but it returns error.txt's text
+        pickled: object
+        try:
+            stored = trial.get_error()
+            pickled = None if stored else trial.get_pickled_error()
+        except (OSError, ValueError) as exc:  # storage unreadable right now: say so rather than nothing
+            stored, pickled = f"(the error text could not be read: {exc})", None
+        if stored:
+            text = str(stored)
+        elif isinstance(pickled, BaseException):
+            text = "".join(traceback.format_exception(pickled))
+    if not text:
+        return f"trial {trial.trial_id} failed {trial.num_failures} time(s); Tune kept no error text"
+    return error_tail(text)
 
 
 def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:

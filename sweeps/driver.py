@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -126,6 +127,7 @@ class CategoryResult:
     best_config: MemSegConfig | None = None
     best_config_path: str | None = None
     error: str | None = None
+    error_detail: str | None = None  # the full (truncated) error text behind ``error``, when there is more
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -141,6 +143,31 @@ class SweepResult:
     storage_path: str
     categories: dict[str, CategoryResult]
     wall_time_s: float
+
+
+ERROR_TEXT_CHARS = 2000
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""How much of a failed trial's error is kept (the end of its latest failure: the exception and the frames
+nearest to it)."""
+
+
+def error_tail(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
+    """The latest failure of a trial's error text, cut to its last ``limit`` characters.
+
+    Tune appends one ``Failure # N (occurred at ...)`` section per attempt to a trial's ``error.txt``;
+    only the last one says why the trial ended.
+    """
+    text = _ANSI.sub("", text).strip()  # Ray colours the actor's name for terminals
+    marker = text.rfind("Failure # ")
+    if marker > 0:
+        text = text[marker:]
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def last_line(text: str) -> str:
+    """The exception line of an error text (its last non-empty line), for one-line summaries."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else text.strip()
 
 
 def tune_metric(cfg: MemSegConfig) -> str:
@@ -459,12 +486,15 @@ def run_category(
     resume: bool,
     callbacks: Sequence[Callback] = (),
     trainable_factory: TrainableFactory | None = None,
+    retry_failed: bool = False,
 ) -> CategoryResult:
     """Run (or resume) one category's study to the end and summarise it.
 
     A fresh study gets ``callbacks``; a restored one gets back the callbacks it was started with
     (Tune restores them from its experiment state), which is why they must pickle. The trainable
     is not restored: ``trainable_factory`` (default :func:`default_trainable`) makes it again.
+    With ``retry_failed`` a restored study runs its errored trials again, from their last checkpoint
+    (once their cause is fixed); without it they stay failed.
     """
     factory = trainable_factory or default_trainable
     path = plan.experiment_path
@@ -475,7 +505,7 @@ def run_category(
     if restorable:
         logger.info("%s: restoring the study from %s", plan.category, path)
         tuner = tune.Tuner.restore(path, trainable=_with_resources(plan, spec, factory), resume_unfinished=True,
-                                   resume_errored=False)
+                                   resume_errored=retry_failed)
     else:
         if resume:
             logger.info("%s: nothing to resume at %s, starting the study", plan.category, path)
@@ -512,13 +542,18 @@ def summarize_grid(plan: CategoryPlan, grid: tune.ResultGrid) -> CategoryResult:
                 score=float(score) if isinstance(score, int | float) else None,
                 params=dict(r.config or {}),
                 checkpoint_path=r.checkpoint.path if r.checkpoint else None,
-                error=str(r.error).strip().splitlines()[-1][:300] if r.error else None,
+                error=error_tail(str(r.error)) if r.error else None,
             )
         )
     scored = [(t.score, t) for t in result.trials if t.score is not None and t.score == t.score]  # NaN != NaN
     if scored:
         result.best = max(scored, key=lambda pair: pair[0])[1]
         result.best_config = trial_config(plan.base_config, result.best.params)
+    else:
+        failed = [t for t in result.trials if t.error]
+        if failed:  # no scored trial: the category failed, and the first trial error says why
+            result.error = f"no trial scored; trial {failed[0].trial_id} failed: {last_line(failed[0].error or '')}"
+            result.error_detail = failed[0].error
     return result
 
 
@@ -530,6 +565,7 @@ def run_sweep(
     callbacks_for: Callable[[CategoryPlan], Sequence[Callback]] | None = None,
     board: SweepStatus | None = None,
     trainable_factory: TrainableFactory | None = None,
+    retry_failed: bool = False,
 ) -> SweepResult:
     """Run every category's study concurrently (see the module docstring) and wait for all of them.
 
@@ -542,6 +578,7 @@ def run_sweep(
         trainable_factory: what each category's trials run (default :func:`default_trainable`, the
             real training). Tests and simulations pass their own here, usually
             ``lambda plan: make_trainable(plan.category, plan.base_config, extra_callbacks=...)``.
+        retry_failed: on resume, run the errored trials again (:func:`run_category`).
     """
     if spec.storage.snapshot_interval_s is not None:
         # Read by every TuneController at start; one value for the whole driver.
@@ -566,9 +603,10 @@ def run_sweep(
             board.set_state(plan.category, "running")
         try:
             callbacks = list(callbacks_for(plan)) if callbacks_for else []
-            res = run_category(plan, spec, resume=resume, callbacks=callbacks, trainable_factory=trainable_factory)
-            state: CategoryState = "done"
-            error: str | None = None
+            res = run_category(plan, spec, resume=resume, callbacks=callbacks, trainable_factory=trainable_factory,
+                               retry_failed=retry_failed)
+            state: CategoryState = "error" if res.error else "done"
+            error: str | None = res.error
         except (MemSegError, ConfigError) as exc:
             res = CategoryResult(plan.category, plan.experiment_path, error=str(exc))
             state, error = "error", str(exc)

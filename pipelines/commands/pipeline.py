@@ -16,6 +16,7 @@ examples:
   memseg pipeline run --config smoke --categories bottle carpet
   memseg pipeline run --config demo                  # again: finished stages are skipped, the report rewritten
   memseg pipeline run --config demo --new            # a fresh sweep instead of continuing the latest one
+  memseg pipeline run --config demo --retry-failed   # continue it, rerunning the trials that failed (cause fixed)
   MLFLOW_TRACKING_URI=http://mlflow:5000 memseg pipeline run --config paper --data-root /mnt/mvtec
 """
 
@@ -33,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--sweep-id", metavar="ID",
                        help="the sweep to run or continue (default: the latest of --config)")
     which.add_argument("--new", action="store_true", help="start a new sweep even if one of this config exists")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun the continued sweep's trials that failed for good (after fixing their cause)")
     run.add_argument("--data-root", metavar="DIR", help="dataset root (overrides data.root of the spec)")
     run.add_argument("--storage", metavar="PATH|URI", help="Tune storage: shared path or bucket URI (storage.path)")
     run.add_argument(
@@ -55,6 +58,6 @@ def handle(args: argparse.Namespace) -> int:
     result = run_pipeline(
         spec, tracking_uri=tracking_uri(args.tracking_uri, spec.storage.path), categories=args.categories,
         sweep_id=args.sweep_id, new=args.new, policy=policy_from_args(args), report_dir=args.report_dir,
-        device=args.device,
+        device=args.device, retry_failed=args.retry_failed,
     )
     return 0 if result.ok else 1

@@ -19,6 +19,7 @@ examples:
   RAY_ADDRESS=ray://head:10001 MLFLOW_TRACKING_URI=http://mlflow:5000 \\
     memseg sweep --config paper --data-root /mnt/cluster_storage/mvtec --storage s3://bucket/sweeps
   memseg sweep --config demo --resume                          # continue the latest demo sweep after a crash
+  memseg sweep --config demo --resume --retry-failed           # ... and rerun its failed trials (cause fixed)
 """
 
 
@@ -29,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, metavar="NAME|YAML", help="smoke, demo, paper or a sweep spec YAML")
     p.add_argument("--categories", nargs="+", metavar="CAT", help="only these categories (default: the spec's)")
     p.add_argument("--resume", action="store_true", help="continue a sweep from its storage (default: the latest)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run the trials that failed for good again (after fixing their cause)")
     p.add_argument("--sweep-id", metavar="ID", help="name of the sweep (default: <config name>-<timestamp>)")
     p.add_argument("--data-root", metavar="DIR", help="dataset root (overrides data.root of the spec)")
     p.add_argument("--storage", metavar="PATH|URI", help="Tune storage: shared path or bucket URI (storage.path)")
@@ -41,10 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from pipelines.sweep_stage import run_tracked_sweep
+    from sweeps.driver import SweepError
 
     spec, changes = spec_from_args(args)
+    if args.retry_failed and not args.resume:
+        raise SweepError("--retry-failed reruns the failed trials of an existing sweep: add --resume")
     sweep = run_tracked_sweep(
         spec, tracking_uri=tracking_uri(None, spec.storage.path), categories=args.categories, resume=args.resume,
-        sweep_id=args.sweep_id, changes=changes,
+        sweep_id=args.sweep_id, changes=changes, retry_failed=args.retry_failed,
     )
     return 0 if sweep.ok else 1
