@@ -171,10 +171,11 @@ def _count(finished: int, trials: int) -> str:
 
 
 def importances_withheld(finished: int) -> str:
-    """The sentence shown instead of the importances below :data:`MIN_TRIALS_FOR_IMPORTANCES` finished trials."""
+    """Why the importances are not drawn below :data:`MIN_TRIALS_FOR_IMPORTANCES` finished trials; shown
+    after the plot's caption, which gives the trial count."""
     return (
-        f"Parameter importances are not shown: {_count(finished, finished)}, fewer than "
-        f"{MIN_TRIALS_FOR_IMPORTANCES}; with so few trials they rank noise, not the parameters."
+        f"not drawn below {MIN_TRIALS_FOR_IMPORTANCES} finished trials ({finished} here): with so few, "
+        "importances rank noise, not the parameters."
     )
 
 
@@ -204,8 +205,8 @@ def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Study
     if finished < MIN_TRIALS_FOR_IMPORTANCES:
         out.append(StudyPlot(IMPORTANCES, total, finished, reason=importances_withheld(finished)))
     elif not swept:
-        out.append(StudyPlot(IMPORTANCES, total, finished, reason="Parameter importances are not shown: no parameter "
-                                                                  "took more than one value."))
+        out.append(StudyPlot(IMPORTANCES, total, finished, reason="not drawn: no parameter took more than one "
+                                                                  "value."))
     else:
         # The default top-10% quantile must hold at least two trials.
         q = min(0.5, max(0.1, 2.0 / finished))
@@ -213,8 +214,8 @@ def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Study
     if complete and swept:
         plots.append((PARALLEL, {}))
     else:
-        out.append(StudyPlot(PARALLEL, total, finished, reason="Parallel coordinates are not shown: no finished "
-                                                               "trial or no parameter that took more than one value."))
+        out.append(StudyPlot(PARALLEL, total, finished, reason="not drawn: no finished trial, or no parameter "
+                                                               "that took more than one value."))
     for entry in out:
         log.info("%s: %s", study.study_name, entry.reason)
         for stale in out_dir.glob(f"{entry.kind}.*"):
@@ -226,7 +227,7 @@ def plot_study(study: optuna.Study, out_dir: Path, *, metric: str) -> list[Study
             path = _render(study, name, kwargs, out_dir, metric, use_plotly, title)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             log.warning("%s: plot %s skipped: %s", study.study_name, name, exc)
-            out.append(StudyPlot(name, total, finished, reason=f"{TITLES[name].capitalize()} not drawn: {exc}"))
+            out.append(StudyPlot(name, total, finished, reason=f"not drawn: {exc}"))
         else:
             out.append(StudyPlot(name, total, finished, path))
     order = [HISTORY, IMPORTANCES, PARALLEL]
@@ -247,6 +248,8 @@ def _render(
         matplotlib.use("Agg")  # headless: no display on workers or CI
         ax = getattr(optuna.visualization.matplotlib, f"plot_{name}")(study, target_name=metric, **kwargs)
         first = ax if hasattr(ax, "figure") else ax.flat[0]
+        for loc in ("left", "right"):  # Optuna puts some of its titles there; ours would overprint them
+            first.set_title("", loc=loc)
         first.set_title(title)
         fig = first.figure
         fig.set_size_inches(10, 6)

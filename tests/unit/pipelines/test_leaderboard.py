@@ -199,5 +199,5 @@ def test_from_the_minimum_trials_on_the_page_embeds_the_importance_plot(tmp_path
     png = (tmp_path / "out" / "plots" / "bottle" / "param_importances.png").read_bytes()
     assert figures[f"parameter importances, {n} finished trials"] == (
         "data:image/png;base64," + base64.b64encode(png).decode("ascii"))
-    assert "not shown" not in page
+    assert "not drawn" not in page
     assert "[plots/bottle/param_importances.png](plots/bottle/param_importances.png)" in files.markdown.read_text()
