@@ -17,6 +17,8 @@ gate are "higher is better" (AUROC, AUPRO, F1-max), so the rule is one-sided.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -370,6 +372,42 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
         return None
 
 
+GATE_DIR_PREFIX = "memseg-gate-"
+
+
+def gate_workdir(root: str | Path | None = None) -> Path:
+    """A fresh folder for the gate's downloaded checkpoints, named after this process (``memseg-gate-<pid>-*``).
+
+    The caller removes it in a ``finally``; a process killed outright cannot, so the folders of
+    processes that no longer exist are removed first (:func:`remove_stale_gate_dirs`).
+    """
+    base = Path(root) if root is not None else Path(tempfile.gettempdir())
+    remove_stale_gate_dirs(base)
+    return Path(tempfile.mkdtemp(prefix=f"{GATE_DIR_PREFIX}{os.getpid()}-", dir=base))
+
+
+def remove_stale_gate_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the gate folders under ``root`` (default: the temp folder) whose process is gone; returns them."""
+    base = Path(root) if root is not None else Path(tempfile.gettempdir())
+    removed = []
+    for folder in base.glob(f"{GATE_DIR_PREFIX}*-*"):
+        pid = folder.name.removeprefix(GATE_DIR_PREFIX).split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _download_checkpoint(name: str, version: str, dst: str) -> Path:
     """The version's checkpoint artifact (``artifacts/best_model.pt`` of the pyfunc), downloaded."""
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst))
@@ -414,7 +452,8 @@ def promote(tracking_uri: str, name: str, policy: PromotionPolicy, *, data_root:
                                 note="decided earlier (gate tags on the version); --force to decide again")
 
     policy = policy.for_selection(challenger.selection_metric)
-    with tempfile.TemporaryDirectory(prefix="memseg-gate-") as tmp:
+    tmp = gate_workdir()
+    try:
         ch_ckpt = _download_checkpoint(name, challenger.version, f"{tmp}/challenger")
         _, ch_cfg = load_checkpoint(ch_ckpt, "cpu")
         cp_ckpt = cp_cfg = None
@@ -424,6 +463,8 @@ def promote(tracking_uri: str, name: str, policy: PromotionPolicy, *, data_root:
         data = gate_data(ch_cfg, cp_cfg, policy, data_root)
         ch_metrics = measure(ch_ckpt, data, rule=ch_cfg.eval, device=device)
         cp_metrics = measure(cp_ckpt, data, rule=ch_cfg.eval, device=device) if cp_ckpt is not None else {}
+    finally:  # Ctrl-C and errors included; a kill -9 is cleaned by the next gate (remove_stale_gate_dirs)
+        shutil.rmtree(tmp, ignore_errors=True)
     decision = decide(ch_metrics, cp_metrics if champion is not None else None, policy)
 
     tags = {

@@ -273,12 +273,23 @@ def find_version(client: MlflowClient, name: str, sweep_id: str, trial_id: str) 
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def _find_logged_model(experiment_id: str, sweep_id: str, trial_id: str) -> LoggedModel | None:
+def _find_logged_model(client: MlflowClient, experiment_id: str, sweep_id: str, trial_id: str) -> LoggedModel | None:
+    """The trial's READY LoggedModel, to reuse; any other (PENDING or FAILED) one is deleted.
+
+    A LoggedModel stays PENDING when the register stage was killed while filling it: its artifacts
+    may be partial, so it is not reused, and deleting it keeps the experiment's model list clean.
+    The register stage runs from one driver, so no other process is filling it at the same time.
+    """
     models = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
         filter_string=f"tags.{TAG_SWEEP} = '{sweep_id}' AND tags.{TAG_TRIAL} = '{trial_id}'",
         output_format="list",
     )
+    for model in models:
+        if model.status != LoggedModelStatus.READY:
+            log.info("deleting LoggedModel %s (%s) left by an interrupted registration of trial %s",
+                     model.model_id, model.status, trial_id)
+            client.delete_logged_model(model.model_id)
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
     return ready[0] if ready else None
 
@@ -426,7 +437,7 @@ def register_winner(
 
     _, cfg = load_checkpoint(winner.checkpoint, "cpu")
     evaluation = evaluate_on_test(Path(winner.checkpoint), data_root=data_root, device=device)
-    logged = _find_logged_model(winner.experiment_id, winner.sweep_id, winner.trial_id)
+    logged = _find_logged_model(client, winner.experiment_id, winner.sweep_id, winner.trial_id)
     if logged is None:
         base_tags = _version_tags(winner, cfg, evaluation.metrics, model_id="")
         base_tags.pop(schema.TAG_MODEL_ID)
