@@ -139,10 +139,10 @@ def map_range(anomaly_map: np.ndarray) -> tuple[float, float]:
     return (low, high) if high - low >= _FLAT else (low, low + _FLAT)
 
 
-def format_score(value: float, top: float = 1.0) -> str:
-    """A score on a scale reaching ``top``: three decimals, more when ``top`` is below 0.01, so every
-    number of one colour bar has the same decimals and the top shows two significant digits."""
-    decimals = 3 if top >= 0.01 or top <= 0 else 1 - math.floor(math.log10(top))
+def format_score(value: float, spread: float = 1.0) -> str:
+    """A score on a scale ``spread`` wide: three decimals, more when the spread is below 0.01, so the
+    numbers of one colour bar share their decimals and tell its bottom, middle and top apart."""
+    decimals = 3 if spread >= 0.01 or spread <= 0 else min(1 - math.floor(math.log10(spread)), 8)
     return f"{value:.{decimals}f}"
 
 
@@ -169,7 +169,7 @@ def colour_bar(height: int, value_range: tuple[float, float]) -> np.ndarray:
     for fraction in (1.0, 0.5, 0.0):
         row = round((1.0 - fraction) * (height - 1))
         baseline = min(max(row + 5, 12), height - 3)
-        _text(area, format_score(low + fraction * (high - low), high), x, baseline, 0.45)
+        _text(area, format_score(low + fraction * (high - low), _shown_spread(value_range)), x, baseline, 0.45)
     return area
 
 
@@ -222,4 +222,14 @@ def panel(image: np.ndarray, mask: np.ndarray | None, anomaly_map: np.ndarray) -
 def scale_note(value_range: tuple[float, float]) -> str:
     """The line under a panel stating its colour scale."""
     low, high = value_range
-    return f"colour scale: this map's min to max, {format_score(low, high)} to {format_score(high, high)} (not 0 to 1)"
+    spread = _shown_spread(value_range)
+    if high - low < 2 * _FLAT:
+        return f"colour scale: this map is flat at {format_score(low)} (not 0 to 1)"
+    return (f"colour scale: this map's min to max, {format_score(low, spread)} to {format_score(high, spread)} "
+            f"(spread {format_score(spread, spread)}; not 0 to 1)")
+
+
+def _shown_spread(value_range: tuple[float, float]) -> float:
+    """The spread the numbers are formatted for: a flat map's sliver (:func:`map_range`) is not one."""
+    spread = value_range[1] - value_range[0]
+    return 1.0 if spread < 2 * _FLAT else spread

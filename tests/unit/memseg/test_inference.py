@@ -215,7 +215,11 @@ def test_the_colour_bar_follows_the_colormap_and_prints_its_numbers() -> None:
     labels = bar_area[:, BAR_GAP_PX + BAR_PX :]
     assert _dark(labels[:20]) and _dark(labels[th // 2 - 10 : th // 2 + 10]) and _dark(labels[-20:])
     assert map_range(anomaly_map) == pytest.approx((0.0, 0.15))
-    assert scale_note(map_range(anomaly_map)) == "colour scale: this map's min to max, 0.000 to 0.150 (not 0 to 1)"
+    assert scale_note(map_range(anomaly_map)) == (
+        "colour scale: this map's min to max, 0.000 to 0.150 (spread 0.150; not 0 to 1)")
+    # A narrow range gets the decimals that tell its ends apart; a flat map says so.
+    assert scale_note((0.4992, 0.5022)) == "colour scale: this map's min to max, 0.4992 to 0.5022 (spread 0.0030; not 0 to 1)"
+    assert scale_note(map_range(np.full((4, 4), 0.02))) == "colour scale: this map is flat at 0.020 (not 0 to 1)"
 
 
 def test_a_map_that_peaks_at_0_15_gets_the_full_contrast_of_the_stretched_scale() -> None:
