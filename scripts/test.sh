@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet -e ".[dev]"
 bash scripts/infra_tools.sh  # hadolint, kubectl kustomize, kubernetes-validate, PostgreSQL (tests/infra)
+bash scripts/browser_tools.sh  # Debian's chromium, for the MLflow UI browser test
 # Ray's token auth (default on for local clusters in Ray 2.60) writes ~/.ray/auth_token; tests start
 # their own clusters and must not pick up a stale RAY_ADDRESS or tracking URI from the caller.
 unset RAY_ADDRESS MLFLOW_TRACKING_URI
