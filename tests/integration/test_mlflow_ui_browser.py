@@ -2,8 +2,8 @@
 traces overview: headless Chromium renders the MLflow UI of a real ``mlflow server`` and the test reads
 the page it ends on.
 
-Needs a Chromium binary (Debian: ``apt-get install chromium``; or ``$MEMSEG_BROWSER``); skipped, with
-that said, where there is none.
+Needs a Chromium binary (``scripts/browser_tools.sh``, run by the test command, installs Debian's
+``chromium``; or ``$MEMSEG_BROWSER``); skipped, with that said, where there is none.
 """
 
 from __future__ import annotations
