@@ -6,6 +6,8 @@ The sweep overhead is not here: it needs Ray, so it lives with the sweeps code
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,10 @@ from memseg.errors import ConfigError
 
 SECTIONS: dict[str, Section] = {s.name: s for s in (synthesis.SECTION, loader.SECTION, training.SECTION,
                                                      inference.SECTION)}
+# The exported-graph runtimes need the `export` extra (onnx, onnxruntime); without it the bench runs
+# the other sections and this one is unknown rather than every section failing to import.
+if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
+    SECTIONS["deployment"] = importlib.import_module("memseg.bench.deployment").SECTION
 
 
 def declared_figures() -> list[Figure]:
@@ -41,7 +47,8 @@ def run_bench(
 
     Args:
         settings: what to measure.
-        sections: any of ``synthesis``, ``loader``, ``training``, ``inference`` (None: all, in that order).
+        sections: any of ``synthesis``, ``loader``, ``training``, ``inference``, ``deployment`` (None: all,
+            in that order; ``deployment`` only with the ``export`` extra installed).
         workdir: where the generated data goes (default: a temporary folder, removed afterwards).
         log: called with a line before each section (progress).
 

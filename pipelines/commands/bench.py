@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtd-root", metavar="DIR", help="DTD root for texture sources (default: procedural)")
     p.add_argument(
         "--sections", nargs="+", metavar="NAME",
-        help="any of synthesis loader training inference (default: all)",
+        help="any of synthesis loader training inference deployment (default: all; deployment: the exported "
+        "graph in onnxruntime/OpenVINO, needs the export extra)",
     )
     p.add_argument("--skip-sweep", action="store_true", help="do not measure the sweep overhead (no Ray)")
     p.add_argument("--sweep-trials", type=int, default=2, metavar="N", help="trials of the overhead sweep (default: 2)")

@@ -29,6 +29,8 @@ REPORTED_NAMES = {
     "train.step_s", "train.images_per_s", "train.peak_host_memory_mib", "train.peak_gpu_memory_mib",
     "infer.batch1_images_per_s", "infer.batch8_images_per_s", "infer.bf16_batch8_images_per_s",
     "infer.batch1_latency_p50_ms", "infer.batch1_latency_p95_ms", "memory.build_s",
+    *(f"deploy.{runtime}_{precision}_batch{batch}_images_per_s"
+      for runtime in ("onnxruntime", "openvino") for precision in ("fp32", "int8") for batch in (1, 8)),
 }
 
 
@@ -119,7 +121,7 @@ def test_sections_declare_the_reported_figures_once_with_a_direction() -> None:
         lower = f.unit in {"s", "ms", "MiB"}
         assert f.better is (Better.LOWER if lower else Better.HIGHER), f
         assert f.unit.endswith("/s") or lower, f
-    assert list(run.SECTIONS) == ["synthesis", "loader", "training", "inference"]
+    assert list(run.SECTIONS) == ["synthesis", "loader", "training", "inference", "deployment"]
 
 
 def _report() -> BenchReport:
