@@ -1,10 +1,11 @@
 """INT8 post-training static quantisation of an exported graph (onnxruntime.quantization).
 
-Only the convolutions are quantised (weights per channel, signed INT8; activations unsigned INT8 in
-QDQ form, which onnxruntime fuses into integer convolutions): they are nearly all of the arithmetic
-(docs/performance.md). The memory comparison (subtractions, L1 sums, the argmin selection and the
-gather of the picked sample), the attention, the softmax and the map blur stay float32: the
-selection compares sums of ~10^5 terms whose differences INT8 rounding would swamp.
+The trainable head's convolutions are quantised (layer4, MSFF and the decoder up to the logits: 21 of
+the 25 GFLOP per image at 256 px, docs/performance.md; weights per channel, signed INT8; activations
+unsigned INT8 in QDQ form, which onnxruntime fuses into integer convolutions). The frozen extractor,
+the logits convolution and the map blur stay float32 (:data:`FP32_MODULES`), and so does everything
+that is not a convolution: the memory comparison (subtractions, L1 sums, the argmin selection, the
+gather of the picked sample), the attention and the softmax.
 
 Activation ranges are calibrated on images the caller passes: the category's normal training
 images (``memseg export`` takes the training split, never validation or test).
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -28,6 +30,34 @@ from memseg.export.metadata import set_metadata
 from memseg.export.runtime import INPUT_NAME, PRECISION_KEY
 
 QUANTISED_OPS = ("Conv",)
+
+
+# Modules whose convolutions stay float32 (the exporter records each node's module path in its
+# ``pkg.torch.onnx.name_scopes`` metadata). The extractor: its features are compared with a memory bank
+# built in float32, so INT8 noise in them reads as a difference to the memory. The logits
+# convolution and the blur: quantising them puts the anomaly map itself on an 8-bit grid, where pixels
+# closer than a step tie and pixel AUROC/AUPRO, which rank pixels, lose what the model knew.
+FP32_MODULES = ("model.extractor", "model.decoder.final", "model.smoothing")
+_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def fp32_convolutions(model: onnx.ModelProto, modules: tuple[str, ...] = FP32_MODULES) -> list[str]:
+    """Names of the Conv nodes inside ``modules`` (module paths of the exported ``AnomalyMapGraph``).
+
+    Raises:
+        ValueError: the graph's Conv nodes carry no module paths (not written by ``memseg export``).
+    """
+    keep = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), None)
+        if scopes is None:
+            msg = f"Conv node {node.name} has no {_SCOPES} metadata: export the model with memseg export"
+            raise ValueError(msg)
+        if any(f"'{module}'" in scopes for module in modules):
+            keep.append(node.name)
+    return keep
 
 
 class _ImageReader(CalibrationDataReader):
@@ -43,7 +73,14 @@ class _ImageReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize_int8(fp32_file: str | Path, out: str | Path, calibration: np.ndarray, *, batch: int = 1) -> Path:
+def quantize_int8(
+    fp32_file: str | Path,
+    out: str | Path,
+    calibration: np.ndarray,
+    *,
+    batch: int = 1,
+    fp32_modules: tuple[str, ...] = FP32_MODULES,
+) -> Path:
     """Write the INT8 copy of an exported fp32 graph.
 
     Args:
@@ -51,6 +88,7 @@ def quantize_int8(fp32_file: str | Path, out: str | Path, calibration: np.ndarra
         out: the INT8 ``.onnx`` to write.
         calibration: float32 ``(N, 3, H, W)`` images in [0, 1] at the graph's size, N >= 1.
         batch: images per calibration run (the graph's fixed batch size, if it has one).
+        fp32_modules: module paths whose convolutions stay float32 (:data:`FP32_MODULES`).
 
     Returns:
         ``out``.
@@ -70,6 +108,7 @@ def quantize_int8(fp32_file: str | Path, out: str | Path, calibration: np.ndarra
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=fp32_convolutions(onnx.load_model(str(fp32_file)), fp32_modules),
     )
     set_metadata(out, {PRECISION_KEY: "int8"})
     return out

@@ -1,0 +1,153 @@
+"""``memseg export`` and ``memseg predict --backend onnx`` end to end, and an export from the registry.
+
+A briefly trained 64 px model is exported (fp32 and INT8 behind the gate); predicting with the
+exported graph writes the same files as predicting with torch. A model registered in a real
+``mlflow server`` is exported by its alias and the file runs in a fresh process where torch cannot
+be imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from memseg.inference import MAP_PNG_MAX, load_checkpoint
+from pipelines import pyfunc_model as pm
+from pipelines.cli import main
+from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.tiny_checkpoint import save_tiny_checkpoint
+from tests.helpers.trained_checkpoint import brief_export
+
+pytestmark = pytest.mark.slow
+
+NAME = "memseg-exporttest-tile"
+# A 6-step model on a random backbone is near chance, and INT8 moves its validation pixel AUROC by up
+# to 0.11 (see tests/unit/memseg/test_export_int8.py); this margin lets its normal calibration pass.
+TEST_MARGIN = "0.15"
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return brief_export(synthetic_root, tmp_path_factory.getbasetemp() / "brief_export")[0]
+
+
+def _scores(folder: Path) -> dict[str, float]:
+    with (folder / "scores.csv").open() as fh:
+        return {row["name"]: float(row["score"]) for row in csv.DictReader(fh)}
+
+
+def test_export_with_int8_then_predict_with_onnx_writes_what_torch_writes(
+    trained: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    code = main(["export", "--checkpoint", str(trained), "--out", str(out), "--int8", "--margin", TEST_MARGIN,
+                 "--calibration-images", "16", "--test"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / "model_fp32.onnx").is_file()
+    assert "INT8 accepted" in printed and (out / "model_int8.onnx").is_file()
+    assert '"test_int8_pixel_auroc"' in printed  # test figures reported beside the decision
+
+    images = synthetic_root / "carpet" / "test"
+    by_backend = {}
+    for backend, checkpoint in (("torch", str(trained)), ("onnx", str(out / "model_fp32.onnx"))):
+        dest = tmp_path / backend
+        code = main(["predict", "--checkpoint", checkpoint, "--backend", backend, "--device", "cpu",
+                     str(images), "--out", str(dest)])
+        assert code == 0, capsys.readouterr().err
+        by_backend[backend] = dest
+    torch_files = sorted(p.name for p in by_backend["torch"].iterdir())
+    assert torch_files == sorted(p.name for p in by_backend["onnx"].iterdir())
+    assert any(name.endswith("_map.png") for name in torch_files)
+    torch_scores, onnx_scores = _scores(by_backend["torch"]), _scores(by_backend["onnx"])
+    assert torch_scores.keys() == onnx_scores.keys()
+    for name, score in torch_scores.items():
+        assert onnx_scores[name] == pytest.approx(score, abs=1e-4), name
+    for name in (n for n in torch_files if n.endswith("_map.png")):
+        a = cv2.imread(str(by_backend["torch"] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
+        b = cv2.imread(str(by_backend["onnx"] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
+        assert np.abs(a - b).max() <= 1e-4 * MAP_PNG_MAX, name
+
+
+def test_int8_missing_the_margin_is_refused_and_no_int8_file_is_left(
+    trained: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A margin of 0 refuses any loss at all: the run must say so and leave only the fp32 graph.
+    code = main(["export", "--checkpoint", str(trained), "--out", str(tmp_path), "--int8", "--margin", "0",
+                 "--calibration-images", "4"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "INT8 refused: validation drop exceeds the margin 0: pixel_auroc by" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_fp32.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--opset", "11"], "opset 11 is not supported"),
+     (["--image-size", "128"], "data.image_size=64, not the requested 128")],
+)
+def test_bad_export_requests_fail_naming_the_field(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    code = main(["export", "--checkpoint", str(trained), "--out", str(tmp_path / "x"), *flags])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert not (tmp_path / "x" / "model_fp32.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny checkpoint registered as ``NAME`` version 1 with the alias ``champion``."""
+    checkpoint = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    try:
+        with mlflow.start_run(experiment_id=client.create_experiment("memseg-export-test")):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=pm.__file__, artifacts={pm.CHECKPOINT_ARTIFACT: str(checkpoint)},
+                signature=pm.signature(), pip_requirements=["memseg"], registered_model_name=NAME,
+            )
+        client.set_registered_model_alias(NAME, "champion", str(info.registered_model_version))
+        yield checkpoint
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+
+
+@pytest.mark.mlflow
+def test_a_registered_model_exports_and_runs_where_torch_cannot_be_imported(
+    mlflow_server: MlflowServer, registered: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    code = main(["export", "--checkpoint", f"models:/{NAME}@champion", "--out", str(out),
+                 "--tracking-uri", mlflow_server.uri])
+    assert code == 0, capsys.readouterr().err
+    images = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any import of torch now raises ImportError
+        import numpy as np
+        import onnxruntime as ort
+        session = ort.InferenceSession({str(out / "model_fp32.onnx")!r}, providers=["CPUExecutionProvider"])
+        (maps,) = session.run(["anomaly_map"], {{"image": np.load({str(tmp_path / "images.npy")!r})}})
+        np.save({str(tmp_path / "maps.npy")!r}, maps)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    model, _ = load_checkpoint(registered)
+    with torch.no_grad():
+        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), expected, atol=1e-4, rtol=0)
