@@ -110,12 +110,19 @@ def export_onnx(
     example = torch.rand(batch_size or 2, 3, size, size)
     graph = AnomalyMapGraph(model.cpu().eval()).eval()
     dynamic = None if batch_size else ({0: torch.export.Dim("batch", min=1, max=1024)},)
-    with _export_friendly(model), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes, not the user's concern
-        program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, external_data=False, verbose=False,
-        )
+    optimizer_log = logging.getLogger("onnxscript")
+    level = optimizer_log.level
+    # onnxscript logs one INFO line per memory sample and level it leaves unfolded (hundreds at 256 px)
+    optimizer_log.setLevel(max(level, logging.WARNING))
+    try:
+        with _export_friendly(model), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes, not the user's concern
+            program = torch.onnx.export(
+                graph, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, external_data=False, verbose=False,
+            )
+    finally:
+        optimizer_log.setLevel(level)
     if program is None:
         msg = f"{source}: the ONNX exporter returned no program"
         raise CheckpointError(msg)
