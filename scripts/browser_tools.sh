@@ -15,9 +15,12 @@ for browser in chromium chromium-browser google-chrome google-chrome-stable; do
 done
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     say "installing Debian's chromium"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    chromium --version
+    # A failed install must not fail the test command: the browser test then skips and says why.
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
+        chromium --version
+    else
+        say "could not install chromium with apt-get; the MLflow UI browser test will skip"
+    fi
 else
     say "no Chromium and cannot install it here (needs root + apt-get); the MLflow UI browser test will skip"
 fi

@@ -23,6 +23,8 @@ class MapSmoothing(nn.Module):
     renormalised.
     """
 
+    kernel: Tensor
+
     def __init__(self, sigma: float) -> None:
         super().__init__()
         if sigma < 0:
