@@ -181,6 +181,8 @@ def run_pipeline(
                 spec, tracking_uri=uri, categories=pending, resume=exists, sweep_id=sweep_id, changes=where,
                 stream=out, summary_params=False, retry_failed=retry_failed and exists)
         result.swept = pending
+        if swept.untracked:  # registering from an incomplete record could pick a winner Tune did not pick
+            raise TrackingError(sweep_stage.untracked_report(swept.untracked, uri, spec.name, sweep_id))
         no_result = [c for c, r in swept.result.categories.items() if r.best is None]
         if no_result:
             say(sweep_stage.retry_hint(spec.name, sweep_id, no_result, command="pipeline"))

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,12 @@ class TrackedSweep:
     result: SweepResult
     tracking_uri: str
     experiment_id: str
+    untracked: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Every category produced a best trial."""
-        return all(r.best is not None for r in self.result.categories.values())
+        """Every category produced a best trial, and MLflow holds all of it."""
+        return not self.untracked and all(r.best is not None for r in self.result.categories.values())
 
 
 def run_tracked_sweep(
@@ -160,12 +162,108 @@ def run_tracked_sweep(
         raise SweepInterrupted(spec.name, sweep_id) from None
     finally:
         unregister_board(sweep_id)
-    close_tracked_sweep(tracker, spec, plans, result.categories, data_root=str(data_root))
+    # A resumed sweep compares every trial with Tune's records (the driver that died may have lost writes);
+    # a fresh one only the trials whose writes failed.
+    untracked = finish_tracking(tracker, spec, plans, result.categories, data_root=str(data_root), full=resume)
     print(format_summary(result, tracking_uri, tracker.experiment_id, params=summary_params), file=stream, flush=True)
     failed = [c for c, r in result.categories.items() if r.best is None]
     if failed and summary_params:  # the pipeline says it in its own words
         print(retry_hint(spec.name, sweep_id, failed, command="sweep"), file=stream, flush=True)
-    return TrackedSweep(result, tracking_uri, tracker.experiment_id)
+    if untracked:
+        print(untracked_report(untracked, tracking_uri, spec.name, sweep_id), file=stream, flush=True)
+    return TrackedSweep(result, tracking_uri, tracker.experiment_id, tuple(untracked))
+
+
+def finish_tracking(
+    tracker: tracking.SweepTracking,
+    spec: SweepSpec,
+    plans: Sequence[driver.CategoryPlan],
+    results: Mapping[str, driver.CategoryResult],
+    *,
+    data_root: str,
+    full: bool,
+) -> list[str]:
+    """Reconcile the trial runs with Tune's records, then close the parent runs; what MLflow still lacks.
+
+    Args:
+        full: compare every trial's metric points (``--resume``, ``--sync``); otherwise only those of the
+            trials whose writes failed in this process.
+
+    Returns:
+        One line per trial or parent run whose record could not be written (empty: MLflow is complete).
+    """
+    left: list[str] = []
+    for plan in plans:
+        pending = tracking.pending_trials(tracker.sweep_id, plan.category)
+        if not (full or pending):
+            continue
+        try:
+            target = tracker.callback(plan).reconcile_target()
+            trials = tracking.trials_from_storage(plan.experiment_path)
+            lines = tracking.reconcile_category(tracker.client, target, trials, check_points=None if full else pending)
+        except Exception as exc:
+            lines = [f"{plan.category}: trial runs not reconciled ({type(exc).__name__}: "
+                     f"{driver.last_line(str(exc))[:300]})"]
+        if not lines:
+            tracking.clear_pending(tracker.sweep_id, plan.category, pending)
+        left += lines
+    try:
+        close_tracked_sweep(tracker, spec, plans, results, data_root=data_root)
+    except Exception as exc:  # a server down at the very end: the parents are closed by --sync or --resume
+        logger.warning("closing the parent runs failed: %s", exc)
+        left.append(f"parent runs of {', '.join(p.category for p in plans)}: not closed "
+                    f"({type(exc).__name__}: {driver.last_line(str(exc))[:300]})")
+    return left
+
+
+def untracked_report(untracked: Sequence[str], uri: str, spec_name: str, sweep_id: str) -> str:
+    """The closing lines of a sweep whose MLflow record is incomplete: what is missing and how to write it."""
+    lines = [f"tracking incomplete: MLflow {uri} lacks what Tune recorded for:", *(f"  {u}" for u in untracked),
+             "The trials' results are safe in the sweep storage. Once the server answers, write them with",
+             f"  memseg sweep --config {spec_name} --sync --sweep-id {sweep_id}"]
+    return "\n".join(lines)
+
+
+def sync_tracked_sweep(
+    spec: SweepSpec,
+    *,
+    tracking_uri: str,
+    sweep_id: str | None = None,
+    changes: Mapping[str, object] | None = None,
+    stream: TextIO | None = None,
+) -> TrackedSweep:
+    """Write into MLflow whatever a sweep's tracking missed (an outage), from Tune's records; trains nothing.
+
+    Every trial run is compared with its trial's results on storage (missing runs, points, tags and
+    statuses written) and the parent runs are closed, as at the end of a sweep. Idempotent.
+
+    Raises:
+        SweepError: no such sweep under the storage path.
+        TrackingError: the tracking server does not answer (named).
+    """
+    stream = stream or sys.stdout
+    storage_root = driver.absolute_storage(spec.storage.path)
+    sweep_id = sweep_id or driver.latest_sweep_id(storage_root, spec.name)
+    recorded = driver.read_manifest(storage_root, sweep_id) if sweep_id else None
+    if sweep_id is None or recorded is None:
+        raise SweepError(f"--sync: no sweep {sweep_id or f'of config {spec.name!r}'} under {storage_root}")
+    where = {k: v for k, v in (changes or {}).items() if k in WHERE_KEYS}
+    spec = recorded[0].with_changes(where) if where else recorded[0]
+    tracking.check_tracking_store(tracking_uri)
+    data_root = Path(spec.data.root).expanduser().resolve()
+    plans = driver.plan_sweep(spec, sweep_id, recorded[1])
+    tracker = tracking.SweepTracking(tracking_uri, sweep_id, spec_name=spec.name, description=spec.description)
+    results = {p.category: tracking.category_result_from_storage(p) for p in plans}
+    started = time.monotonic()
+    untracked = finish_tracking(tracker, spec, plans, results, data_root=str(data_root), full=True)
+    result = SweepResult(sweep_id, plans[0].metric if plans else "", plans[0].storage_path if plans else "",
+                         results, time.monotonic() - started)
+    if untracked:
+        print(untracked_report(untracked, tracking_uri, spec.name, sweep_id), file=stream, flush=True)
+    else:
+        print(f"sweep {sweep_id}: MLflow {tracking_uri} holds every trial's record "
+              f"({', '.join(p.category for p in plans)})", file=stream, flush=True)
+    return TrackedSweep(result, tracking_uri, tracker.experiment_id, tuple(untracked))
 
 
 def retry_hint(spec_name: str, sweep_id: str, failed: Sequence[str], *, command: str) -> str:

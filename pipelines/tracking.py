@@ -41,11 +41,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import getpass
+import json
 import logging
 import math
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.error
@@ -53,7 +56,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec
+from typing import Any
 
 import cv2
 import numpy as np
@@ -94,14 +97,20 @@ from pipelines.schema import (
     TrialRun,
     experiment_name,
 )
-from sweeps.driver import CategoryPlan, CategoryResult, error_tail, is_uri
+from sweeps.driver import (
+    CategoryPlan,
+    CategoryResult,
+    TrialSummary,
+    error_tail,
+    is_uri,
+    last_line,
+    pick_best,
+)
 from sweeps.status import classify
 from sweeps.trainable import trial_config
 from sweeps.tune_callback import NODE_KEY
 
 logger = logging.getLogger(__name__)
-
-P = ParamSpec("P")
 
 CREDENTIAL_VARS = (
     "MLFLOW_TRACKING_USERNAME",
@@ -299,6 +308,7 @@ class SweepTracking:
                 self.client.set_experiment_tag(
                     self.experiment_id, schema.TAG_EXPERIMENT_KIND, schema.EXPERIMENT_KIND_TRAINING)
         self._parents: dict[str, str] = {}
+        self._callbacks: list[MlflowTrialCallback] = []
 
     def parent_run_id(self, plan: CategoryPlan) -> str:
         """The (sweep, category) parent run: found by tags, created once, set RUNNING."""
@@ -327,7 +337,7 @@ class SweepTracking:
 
     def callback(self, plan: CategoryPlan) -> MlflowTrialCallback:
         """The Tune callback that tracks one category's trials under its parent run."""
-        return MlflowTrialCallback(
+        callback = MlflowTrialCallback(
             tracking_uri=self.uri,
             experiment_id=self.experiment_id,
             parent_run_id=self.parent_run_id(plan),
@@ -339,6 +349,8 @@ class SweepTracking:
             tags={TAG_GIT: self.commit, TAG_FINGERPRINT: plan.dataset_fingerprint, TAG_SPACE: plan.space.space_name,
                   **source_tags(self.commit)},
         )
+        self._callbacks.append(callback)
+        return callback
 
     def finalize(
         self,
@@ -370,6 +382,8 @@ class SweepTracking:
         The parents stay RUNNING until their val/test figures are written, so a driver killed while
         the trials are measured leaves them for the next finalize (a resumed sweep) to complete.
         """
+        for callback in self._callbacks:  # writes still queued land before the parents are closed
+            callback.flush()
         parents = [(self._close_children(plan, result), result) for plan, result in categories]
         if test_figures is not None:
             pending = [val_test_pending(self.client, self.experiment_id, parent) for parent, _ in parents]
@@ -424,22 +438,108 @@ class SweepTracking:
 # --- the per-category Tune callback (runs in the driver, in the category's Tuner thread) -----------
 
 
-def _logged(
-    hook: Callable[Concatenate[MlflowTrialCallback, P], None],
-) -> Callable[Concatenate[MlflowTrialCallback, P], None]:
-    """Tracking must not kill a study: an MLflow error in a hook is logged (naming the URI) and skipped.
+WRITE_QUEUE_SIZE = 10_000
+"""Writes a category's callback may hold back while MLflow is slow; beyond it a write is dropped and its trial
+marked pending (reconciliation writes it from Tune's records)."""
+OUTAGE_PAUSE_S = 30.0
+"""After a failed write the writer skips writes (marking their trials pending) for this long, so an outage costs
+one retry budget per pause, not one per write."""
+DRAIN_TIMEOUT_S = 600.0
+"""How long the end of a study waits for the writes still queued (a write in flight may take MLflow's retry budget)."""
 
-    The end-of-study reconciliation and :meth:`SweepTracking.finalize` repair run states afterwards.
+_PENDING: dict[str, set[str]] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def _pending_key(sweep_id: str, category: str) -> str:
+    return f"{sweep_id}/{category}"
+
+
+def mark_pending(sweep_id: str, category: str, trial_id: str) -> None:
+    """Record that a trial's MLflow record may lack something (a write failed or was skipped)."""
+    with _PENDING_LOCK:
+        _PENDING.setdefault(_pending_key(sweep_id, category), set()).add(trial_id)
+
+
+def pending_trials(sweep_id: str, category: str) -> set[str]:
+    """The trials of a category whose MLflow record may be incomplete (in this driver process)."""
+    with _PENDING_LOCK:
+        return set(_PENDING.get(_pending_key(sweep_id, category), set()))
+
+
+def clear_pending(sweep_id: str, category: str, trial_ids: Sequence[str] | set[str]) -> None:
+    with _PENDING_LOCK:
+        _PENDING.get(_pending_key(sweep_id, category), set()).difference_update(trial_ids)
+
+
+class _Writer:
+    """A bounded queue of one category's MLflow writes, drained by one thread, so no Tune hook waits on MLflow.
+
+    A write that fails marks its trial pending and pauses the writer (:data:`OUTAGE_PAUSE_S`): writes
+    queued meanwhile are skipped, their trials marked pending. Reconciliation then writes what is
+    missing from Tune's own records (:func:`reconcile_category`).
     """
 
-    @functools.wraps(hook)
-    def wrapper(self: MlflowTrialCallback, *args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            hook(self, *args, **kwargs)
-        except Exception:
-            logger.exception("MLflow tracking at %s failed in %s (%s)", self.tracking_uri, hook.__name__, self.category)
+    def __init__(self, sweep_id: str, category: str, uri: str) -> None:
+        self.sweep_id = sweep_id
+        self.category = category
+        self.uri = uri
+        self.queue: queue.Queue[tuple[str, Callable[[], None]] | threading.Event | None] = queue.Queue(
+            WRITE_QUEUE_SIZE)
+        self.paused_until = 0.0
+        self.thread = threading.Thread(target=self._loop, name=f"mlflow-{category}", daemon=True)
+        self.thread.start()
 
-    return wrapper
+    def submit(self, trial_id: str, write: Callable[[], None]) -> None:
+        try:
+            self.queue.put_nowait((trial_id, write))
+        except queue.Full:
+            mark_pending(self.sweep_id, self.category, trial_id)
+
+    def flush(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until the writes queued so far are done (or skipped); False when that took longer than ``timeout_s``."""
+        done = threading.Event()
+        try:
+            self.queue.put(done, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return done.wait(timeout_s)
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait for the queued writes and stop the thread; False when it did not finish in time."""
+        try:
+            self.queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return False
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            trial_id, write = item
+            if time.monotonic() < self.paused_until:
+                mark_pending(self.sweep_id, self.category, trial_id)
+                continue
+            try:
+                write()
+            except Exception as exc:
+                mark_pending(self.sweep_id, self.category, trial_id)
+                self.paused_until = time.monotonic() + OUTAGE_PAUSE_S
+                # One line, no traceback: reconciliation writes it later, and the end of the sweep names what is left.
+                logger.warning("MLflow tracking at %s failed (%s, trial %s): %s; writes paused %.0f s, the trial's "
+                               "record is reconciled from Tune's results later", self.uri, self.category, trial_id,
+                               _short(exc), OUTAGE_PAUSE_S)
+
+
+def _short(exc: BaseException) -> str:
+    text = last_line(str(exc)) if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class MlflowTrialCallback(Callback):
@@ -470,13 +570,28 @@ class MlflowTrialCallback(Callback):
         self._client_obj: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._nodes: dict[str, str] = {}
+        self._writer_obj: _Writer | None = None
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         state["_client_obj"] = None
-        state["_runs"] = {}  # rebuilt from MLflow by tag, the source of truth
+        state["_runs"] = {}  # rebuilt from MLflow by tag
         state["_nodes"] = {}
+        state["_writer_obj"] = None
         return state
+
+    @property
+    def _writer(self) -> _Writer:
+        if self._writer_obj is None:
+            self._writer_obj = _Writer(self.sweep_id, self.category, self.tracking_uri)
+        return self._writer_obj
+
+    def _submit(self, trial: Trial, write: Callable[[], None]) -> None:
+        self._writer.submit(trial.trial_id, write)
+
+    def flush(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait for the MLflow writes queued so far; False when they took longer than ``timeout_s``."""
+        return self._writer_obj.flush(timeout_s) if self._writer_obj is not None else True
 
     @property
     def _client(self) -> MlflowClient:
@@ -520,10 +635,12 @@ class MlflowTrialCallback(Callback):
         _log_params(self._client, run_id, _params_of(cfg))
         return run_id
 
-    # Tune hooks ----------------------------------------------------------------------------------
+    # Tune hooks: each queues its writes (values captured now: Tune changes the trial afterwards) ------
 
-    @_logged
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._submit(trial, functools.partial(self._start, trial))
+
+    def _start(self, trial: Trial) -> None:
         run_id = self._existing_run(trial)
         if run_id is None:
             self.run_for(trial)
@@ -535,81 +652,112 @@ class MlflowTrialCallback(Callback):
             cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
             _log_params(self._client, run_id, _params_of(cfg))
 
-    @_logged
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         step = result.get("step")
         if step is None:
             return
-        run_id = self.run_for(trial)
-        ts = _now_ms()
-        metrics = [
-            Metric(key, float(value), ts, int(step))
-            for key, value in result.items()
-            if key not in _TUNE_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value)
-        ]
+        metrics = result_metrics(result, _now_ms())
         node = result.get(NODE_KEY)
         tags = [RunTag(TAG_NODE, str(node))] if node and self._nodes.get(trial.trial_id) != node else []
-        if metrics or tags:
-            self._client.log_batch(run_id, metrics=metrics, tags=tags)
         if node:
             self._nodes[trial.trial_id] = node
+        if metrics or tags:
+            def write() -> None:
+                self._client.log_batch(self.run_for(trial), metrics=metrics, tags=tags)
 
-    @_logged
+            self._submit(trial, write)
+
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
     ) -> None:
         step = (trial.last_result or {}).get("step")
-        run_id = self.run_for(trial)
-        for name, image in read_heatmaps(checkpoint):
-            self._client.log_image(run_id, image, key=f"heatmap_{name}", step=int(step) if step is not None else 0)
+        at = int(step) if step is not None else 0
 
-    @_logged
+        def write() -> None:
+            run_id = self.run_for(trial)
+            for name, image in read_heatmaps(checkpoint):
+                self._client.log_image(run_id, image, key=f"heatmap_{name}", step=at)
+
+        self._submit(trial, write)
+
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_for(trial)
-        self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
-        self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
+        tags = {TAG_FAILURES: str(trial.num_failures), TAG_ERROR: _error_text(trial)}
+        self._submit(trial, lambda: _set_tags(self._client, self.run_for(trial), tags))
 
-    @_logged
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_for(trial)
-        self._client.set_tag(run_id, TAG_FAILURES, str(trial.num_failures))
-        self._client.set_tag(run_id, TAG_ERROR, _error_text(trial))
-        self._close(run_id, "failed")
+        tags = {TAG_FAILURES: str(trial.num_failures), TAG_ERROR: _error_text(trial)}
 
-    @_logged
+        def write() -> None:
+            run_id = self.run_for(trial)
+            _set_tags(self._client, run_id, tags)
+            close_run(self._client, run_id, "failed")
+
+        self._submit(trial, write)
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        step = (trial.last_result or {}).get("step")
-        self._close(self.run_for(trial), classify("TERMINATED", step, self.step_budget))
+        outcome = classify("TERMINATED", (trial.last_result or {}).get("step"), self.step_budget)
+        self._submit(trial, lambda: close_run(self._client, self.run_for(trial), outcome))
 
-    @_logged
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Reconcile every run of the category with its trial's final state (restores included)."""
-        known = set()
-        for trial in trials:
-            known.add(trial.trial_id)
-            run_id = self._existing_run(trial)
-            if run_id is None:
-                continue  # never started: no run was made
-            step = (trial.last_result or {}).get("step")
-            outcome = classify(trial.status, step, self.step_budget)
-            self._close(run_id, outcome if outcome in _STATUS else schema.OUTCOME_PRUNED)
-        for run in find_runs(self._client, self.experiment_id, {TAG_PARENT: self.parent_run_id}):
-            if run.info.status == "RUNNING" and run.data.tags.get(TAG_TRIAL) not in known:
-                self._close(run.info.run_id, schema.OUTCOME_PRUNED)
+        """Wait for the queued writes, then reconcile every run of the category with its trial's record.
 
-    def _close(self, run_id: str, outcome: str) -> None:
-        status = _STATUS[outcome]
-        run = self._client.get_run(run_id)
-        name = run.info.run_name or ""
-        if outcome == schema.OUTCOME_PRUNED and not name.endswith(schema.RUN_NAME_PRUNED_SUFFIX):
-            self._client.update_run(run_id, name=name + schema.RUN_NAME_PRUNED_SUFFIX)
-        if run.info.status == status and run.data.tags.get(TAG_OUTCOME) == outcome:
+        Statuses of every trial, and the metric points of the trials whose writes failed, are written from
+        Tune's records (:func:`reconcile_category`); what still fails stays pending for the end of the sweep.
+        """
+        if not self._writer.drain():
+            logger.warning("%s: MLflow writes still queued after %.0f s; reconciled at the end of the sweep",
+                           self.category, DRAIN_TIMEOUT_S)
+            for trial in trials:
+                mark_pending(self.sweep_id, self.category, trial.trial_id)
             return
-        self._client.set_tag(run_id, TAG_OUTCOME, outcome)
-        self._client.set_terminated(run_id, status=status)
+        self._writer_obj = None
+        pending = pending_trials(self.sweep_id, self.category)
+        try:
+            left = reconcile_category(
+                self._client, self.reconcile_target(), trials_from_tune(trials), check_points=pending)
+        except Exception as exc:
+            logger.warning("%s: MLflow reconciliation at %s failed (%s); retried at the end of the sweep",
+                           self.category, self.tracking_uri, _short(exc))
+            for trial in trials:
+                mark_pending(self.sweep_id, self.category, trial.trial_id)
+            return
+        clear_pending(self.sweep_id, self.category, {t.trial_id for t in trials} - set(left))
+
+    def reconcile_target(self) -> ReconcileTarget:
+        return ReconcileTarget(
+            experiment_id=self.experiment_id, parent_run_id=self.parent_run_id, sweep_id=self.sweep_id,
+            category=self.category, base_config=self.base_config, step_budget=self.step_budget, tags=self.tags)
+
+
+
+def close_run(client: MlflowClient, run_id: str, outcome: str) -> None:
+    """Give a trial run its terminal status for ``outcome`` (finished, pruned, failed); idempotent."""
+    status = _STATUS[outcome]
+    run = client.get_run(run_id)
+    name = run.info.run_name or ""
+    if outcome == schema.OUTCOME_PRUNED and not name.endswith(schema.RUN_NAME_PRUNED_SUFFIX):
+        client.update_run(run_id, name=name + schema.RUN_NAME_PRUNED_SUFFIX)
+    if run.info.status == status and run.data.tags.get(TAG_OUTCOME) == outcome:
+        return
+    client.set_tag(run_id, TAG_OUTCOME, outcome)
+    client.set_terminated(run_id, status=status)
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def result_metrics(result: Mapping[str, Any], ts: int) -> list[Metric]:
+    """The model metrics of one Tune result at its training step (Tune's bookkeeping, non-finite values left out)."""
+    step = int(result["step"])
+    return [
+        Metric(key, float(value), ts, step)
+        for key, value in result.items()
+        if key not in _TUNE_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
+        and math.isfinite(value)
+    ]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -640,7 +788,7 @@ def _error_text(trial: Trial) -> str:
         pickled: object
         try:
             stored = trial.get_error()
-            pickled = None if stored else trial.get_pickled_error()
+            pickled = None if stored or not hasattr(trial, "get_pickled_error") else trial.get_pickled_error()
         except (OSError, ValueError) as exc:  # storage unreadable right now: say so rather than nothing
             stored, pickled = f"(the error text could not be read: {exc})", None
         if stored:
@@ -650,6 +798,222 @@ def _error_text(trial: Trial) -> str:
     if not text:
         return f"trial {trial.trial_id} failed {trial.num_failures} time(s); Tune kept no error text"
     return error_tail(text)
+
+
+# --- reconciliation: Tune's own records are the truth, MLflow a projection of them ----------------------
+
+
+@dataclass(frozen=True)
+class ReconcileTarget:
+    """Where a category's trial runs live and what a run created by reconciliation carries."""
+
+    experiment_id: str
+    parent_run_id: str
+    sweep_id: str
+    category: str
+    base_config: Mapping[str, Any]
+    step_budget: int
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """One trial as Tune recorded it: status, sampled parameters, every reported result, its latest error."""
+
+    trial_id: str
+    status: str
+    config: Mapping[str, Any]
+    results: list[dict[str, Any]]
+    error: str | None
+    num_failures: int
+    path: str
+
+
+def _read_text(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        data: bytes = f.read()
+    return data.decode(errors="replace")
+
+
+def _results_of(text: str | None) -> list[dict[str, Any]]:
+    out = []
+    for line in (text or "").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # the last line of a file being written
+            continue
+    return out
+
+
+def _fs_of(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if is_uri(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _stored(trial_id: str, status: str, folder: str, config: Mapping[str, Any] | None, num_failures: int,
+            error: str | None = None) -> StoredTrial:
+    fs, root = _fs_of(folder)
+    results = _results_of(_read_text(fs, f"{root}/result.json"))
+    if config is None:
+        params = _read_text(fs, f"{root}/params.json")
+        config = json.loads(params) if params else {}
+    if error is None and status == "ERROR":
+        text = _read_text(fs, f"{root}/error.txt")
+        error = error_tail(text) if text else None
+    return StoredTrial(trial_id, status, dict(config), results, error, num_failures, folder)
+
+
+def trials_from_tune(trials: Sequence[Trial]) -> list[StoredTrial]:
+    """The trials of a study that just ended, read from the driver's copy of their logs (storage is synced later)."""
+    out = []
+    for trial in trials:
+        local = getattr(trial, "local_path", None)
+        storage = getattr(trial, "storage", None)
+        folder = local if local and Path(local).is_dir() else (storage.trial_fs_path if storage is not None else None)
+        error = _error_text(trial) if trial.status == "ERROR" else None
+        if folder is None:  # no logs to read: the last result Tune holds in memory
+            results = [dict(trial.last_result)] if trial.last_result else []
+            out.append(StoredTrial(trial.trial_id, trial.status, dict(trial.config), results, error,
+                                   trial.num_failures, str(getattr(trial, "path", "") or "")))
+            continue
+        out.append(_stored(trial.trial_id, trial.status, folder, trial.config, trial.num_failures, error))
+    return out
+
+
+def trials_from_storage(experiment_path: str) -> list[StoredTrial]:
+    """The trials of a category's Tune experiment on storage (local path or bucket URI), from its latest state file.
+
+    The newest state is the one whose name carries the latest start time (a restore writes a new file).
+    """
+    fs, root = _fs_of(experiment_path)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    states = sorted(i.path for i in infos if Path(i.path).name.startswith("experiment_state-")
+                    and i.path.endswith(".json"))
+    if not states:
+        return []
+    state = json.loads(_read_text(fs, states[-1]) or "{}")
+    out = []
+    for trial_json, meta_json in state.get("trial_data", []):
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        folder = f"{experiment_path.rstrip('/')}/{trial['relative_logdir']}"
+        out.append(_stored(trial["trial_id"], trial["status"], folder, None, int(meta.get("num_failures") or 0)))
+    return out
+
+
+def category_result_from_storage(plan: CategoryPlan) -> CategoryResult:
+    """A category's outcome as the driver summarises it after its study (best trial, counts), from storage."""
+    result = CategoryResult(category=plan.category, experiment_path=plan.experiment_path)
+    for trial in trials_from_storage(plan.experiment_path):
+        last = trial.results[-1] if trial.results else {}
+        step = last.get("step")
+        score = last.get(plan.metric)
+        result.trials.append(TrialSummary(
+            trial_id=trial.trial_id, outcome=classify(trial.status, step, plan.step_budget),
+            step=int(step) if step is not None else None,
+            score=float(score) if isinstance(score, int | float) else None,
+            params=dict(trial.config), checkpoint_path=None, error=trial.error,
+        ))
+    return pick_best(plan, result)
+
+
+def reconcile_category(
+    client: MlflowClient, target: ReconcileTarget, trials: Sequence[StoredTrial], *,
+    check_points: set[str] | None = None,
+) -> list[str]:
+    """Make the category's trial runs match Tune's records: missing runs created, missing params, metric points
+    (by key and step), failure tags and terminal statuses written (the study has ended), and a RUNNING run
+    of a trial Tune no longer knows closed. Idempotent. Heat-map images are not rewritten.
+
+    Args:
+        check_points: the trials whose metric points are compared with the record (None = all of them); a
+            trial without a run always gets all of its points.
+
+    Returns:
+        What could not be written, one line per trial (empty when MLflow now matches the record).
+    """
+    runs: dict[str, Run] = {}
+    for run in find_runs(client, target.experiment_id, {TAG_PARENT: target.parent_run_id}):
+        trial_id = run.data.tags.get(TAG_TRIAL)
+        if trial_id and (trial_id not in runs or run.info.start_time < runs[trial_id].info.start_time):
+            runs[trial_id] = run
+    left = []
+    for trial in trials:
+        if not trial.results and trial.status != "ERROR":
+            continue  # never reported: no run is made for it
+        points = [m for r in trial.results if r.get("step") is not None
+                  for m in result_metrics(r, int(float(r.get("timestamp") or time.time()) * 1000))]
+        try:
+            found = runs.get(trial.trial_id)
+            if found is None:
+                run_id = _create_trial_run(client, target, trial)
+                missing = points
+            else:
+                run_id = found.info.run_id
+                if not found.data.params:
+                    cfg = trial_config(MemSegConfig.model_validate(dict(target.base_config)), dict(trial.config))
+                    _log_params(client, run_id, _params_of(cfg))
+                check = check_points is None or trial.trial_id in check_points
+                missing = _missing_points(client, run_id, points) if check else []
+            for i in range(0, len(missing), 1000):  # the REST API takes at most 1000 metrics per batch
+                client.log_batch(run_id, metrics=missing[i : i + 1000])
+            if missing:
+                logger.info("%s trial %s: %d metric point(s) written from Tune's results", target.category,
+                            trial.trial_id, len(missing))
+            _close_from_record(client, run_id, trial, target.step_budget)
+        except Exception as exc:
+            left.append(f"{target.category} trial {trial.trial_id}: run, {len(points)} metric point(s) or status "
+                        f"not confirmed in MLflow ({_short(exc)})")
+            continue
+    known = {t.trial_id for t in trials}
+    for trial_id, run in runs.items():
+        if run.info.status == "RUNNING" and trial_id not in known:  # a trial Tune no longer knows
+            try:
+                close_run(client, run.info.run_id, schema.OUTCOME_PRUNED)
+            except Exception as exc:
+                left.append(f"{target.category} trial {trial_id}: run {run.info.run_id} left RUNNING ({_short(exc)})")
+    return left
+
+
+def _create_trial_run(client: MlflowClient, target: ReconcileTarget, trial: StoredTrial) -> str:
+    run = client.create_run(
+        target.experiment_id,
+        run_name=f"{target.category}-{trial.trial_id}",
+        tags={TAG_SWEEP: target.sweep_id, TAG_CATEGORY: target.category, TAG_TRIAL: trial.trial_id,
+              **target.tags, TAG_PARENT: target.parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_DIR: trial.path},
+    )
+    cfg = trial_config(MemSegConfig.model_validate(dict(target.base_config)), dict(trial.config))
+    _log_params(client, run.info.run_id, _params_of(cfg))
+    logger.info("%s trial %s: MLflow run %s created from Tune's record", target.category, trial.trial_id,
+                run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _missing_points(client: MlflowClient, run_id: str, points: Sequence[Metric]) -> list[Metric]:
+    have: dict[str, set[int]] = {}
+    out = []
+    for m in points:
+        if m.key not in have:
+            have[m.key] = {h.step for h in client.get_metric_history(run_id, m.key)}
+        if m.step not in have[m.key]:
+            out.append(m)
+            have[m.key].add(m.step)
+    return out
+
+
+def _close_from_record(client: MlflowClient, run_id: str, trial: StoredTrial, step_budget: int) -> None:
+    if trial.status == "ERROR":
+        tags = {TAG_FAILURES: str(trial.num_failures)}
+        if trial.error:
+            tags[TAG_ERROR] = trial.error
+        _set_tags(client, run_id, tags)
+        close_run(client, run_id, "failed")
+    else:  # the study has ended: a trial not failed either finished its budget or was stopped early
+        step = trial.results[-1].get("step") if trial.results else None
+        outcome = classify(trial.status, step, step_budget)
+        close_run(client, run_id, outcome if outcome in _STATUS else schema.OUTCOME_PRUNED)
 
 
 def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:

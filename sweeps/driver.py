@@ -545,6 +545,11 @@ def summarize_grid(plan: CategoryPlan, grid: tune.ResultGrid) -> CategoryResult:
                 error=error_tail(str(r.error)) if r.error else None,
             )
         )
+    return pick_best(plan, result)
+
+
+def pick_best(plan: CategoryPlan, result: CategoryResult) -> CategoryResult:
+    """Set the best trial (and its config) of ``result``'s trials, or, with no scored trial, the first trial error."""
     scored = [(t.score, t) for t in result.trials if t.score is not None and t.score == t.score]  # NaN != NaN
     if scored:
         result.best = max(scored, key=lambda pair: pair[0])[1]

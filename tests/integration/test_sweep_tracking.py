@@ -108,9 +108,11 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     cb.on_trial_error(0, [], failing)
     _report(cb, orphan, 8, 0.3)  # its driver "dies" here: the run stays RUNNING
 
-    # A new driver restores the study: Tune hands back the pickled callback, with no run cache.
+    # A new driver restores the study: Tune hands back the pickled callback, with no run cache (the first
+    # driver's queued writes are done first here; those of a driver that died are reconciled from Tune's records).
+    assert cb.flush()
     restored = pickle.loads(pickle.dumps(cb))
-    assert restored._runs == {} and restored._client_obj is None
+    assert restored._runs == {} and restored._client_obj is None and restored._writer_obj is None
     again = TrialRecord("t_00000", _params(point), status="TERMINATED", last_result=finished.last_result)
     restored.on_trial_start(0, [], again)
     restored.on_trial_complete(0, [], again)
