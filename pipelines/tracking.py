@@ -27,9 +27,15 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
 
 Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id)
 and resumed, never created twice; at the end of a study every run of the category is reconciled with
-its trial's final state, and a RUNNING run whose trial Tune no longer knows is closed as KILLED.
+its trial's final state, and a RUNNING run whose trial Tune no longer knows is closed.
 Every call names its run id explicitly (``MlflowClient``; no global active run across threads).
 The tag names are :mod:`pipelines.schema`'s.
+
+Nothing is lost when the server is away: Tune's records on storage are the truth and MLflow a
+projection of them. The hooks queue their writes for one writer thread per category (a Tune loop
+never waits on MLflow); a failed write marks its trial pending, and :func:`reconcile_category`
+writes what is missing from Tune's records at the end of the category, of the sweep, on ``--resume``
+and on ``memseg sweep --sync``. docs/architecture.md, "Decisions", has the rules.
 
 The callback holds only plain values and creates its client lazily, because Tune pickles callbacks
 into the experiment state; credentials are never pickled (MLflow reads
