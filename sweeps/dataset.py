@@ -69,10 +69,8 @@ class DataCheckError(ConfigError):
 
 
 def preflight_cache_dir() -> Path:
-    """Where passed pre-flight checks are remembered: ``$MEMSEG_CACHE_DIR`` or ``~/.cache/memseg``, ``/preflight``."""
-    base = os.environ.get("MEMSEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memseg")
-    return Path(base) / "preflight"
+    """Where passed pre-flight checks are remembered: ``~/.cache/memseg/preflight`` on the driver."""
+    return Path.home() / ".cache" / "memseg" / "preflight"
 
 
 def preflight_dataset(

@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(cluster: Any, server: Any, tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, **cluster.env, "MLFLOW_TRACKING_URI": server.uri, "PYTHONUNBUFFERED": "1",
-           "MEMSEG_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, **cluster.env, "MLFLOW_TRACKING_URI": server.uri, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("MLFLOW_TRACKING_USERNAME", None)
     env.pop("MLFLOW_TRACKING_PASSWORD", None)

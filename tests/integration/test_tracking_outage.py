@@ -107,7 +107,7 @@ def _setup(tmp_path: Path, num_samples: int) -> tuple[Path, dict[str, Any]]:
 
 
 def _env(cluster: Any, tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, **cluster.env, "PYTHONUNBUFFERED": "1", "MEMSEG_CACHE_DIR": str(tmp_path / "cache"),
+    env = {**os.environ, **cluster.env, "PYTHONUNBUFFERED": "1",
            # A short retry budget, so the outage outlasts it.
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}

@@ -68,7 +68,7 @@ def test_layout_problems_and_missing_root_are_named(tmp_path: Path) -> None:
 def test_corrupt_image_stops_the_sweep_before_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    monkeypatch.setenv("MEMSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the pre-flight cache goes under ~/.cache
     root = tmp_path / "d"
     make_category(root, "bottle", n_train=6)
     bad = root / "bottle" / "train" / "good" / "003.png"
