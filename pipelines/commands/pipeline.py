@@ -17,7 +17,7 @@ examples:
   memseg pipeline run --config demo                  # again: finished stages are skipped, the report rewritten
   memseg pipeline run --config demo --new            # a fresh sweep instead of continuing the latest one
   memseg pipeline run --config demo --retry-failed   # continue it, rerunning the trials that failed (cause fixed)
-  MLFLOW_TRACKING_URI=http://mlflow:5000 memseg pipeline run --config paper --data-root /mnt/mvtec
+  MLFLOW_TRACKING_URI=https://mlflow.example.com memseg pipeline run --config paper --data-root /mnt/mvtec
 """
 
 

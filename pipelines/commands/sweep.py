@@ -16,7 +16,7 @@ EPILOG = """\
 examples:
   memseg sweep --config smoke                                  # CI-sized, 2 categories, generated data
   memseg sweep --config demo                                   # all 15 categories, minutes on a laptop
-  RAY_ADDRESS=ray://head:10001 MLFLOW_TRACKING_URI=http://mlflow:5000 \\
+  RAY_ADDRESS=ray://head:10001 MLFLOW_TRACKING_URI=https://mlflow.example.com \\
     memseg sweep --config paper --data-root /mnt/cluster_storage/mvtec --storage s3://bucket/sweeps
   memseg sweep --config demo --resume                          # continue the latest demo sweep after a crash
   memseg sweep --config demo --resume --retry-failed           # ... and rerun its failed trials (cause fixed)

@@ -2,7 +2,9 @@
 and the test server (tests/helpers/mlflow_auth_server.py) runs with the same ones.
 
 Flags: PostgreSQL backend store, artifact proxy, basic-auth with the admin password from a secret,
-``--allowed-hosts``, a health check on ``/health``.
+``--allowed-hosts``, a health check on ``/health``. Basic-auth passwords travel only inside TLS: the
+server's port is published by neither deployment; a TLS proxy (compose) or a TLS ingress (Kubernetes)
+is the way in.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def _check_server_flags(flags: dict[str, str | None], where: str) -> None:
     assert flags["--host"] == "0.0.0.0", where  # reachable from other containers/pods
 
 
-def test_compose_is_valid_yaml_with_the_two_services() -> None:
+def test_compose_is_valid_yaml_with_the_three_services() -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"postgres", "mlflow"}
+    assert set(compose["services"]) == {"postgres", "mlflow", "tls-proxy"}
     assert set(compose["volumes"]) == {"postgres-data", "mlflow-artifacts"}
 
 
@@ -107,3 +109,43 @@ def test_test_server_runs_like_the_deployed_one(tmp_path: Path) -> None:
     deployed_ini.read(MLFLOW / "basic_auth.ini")
     assert set(test_ini["mlflow"]) == set(deployed_ini["mlflow"])
     assert test_ini["mlflow"]["default_permission"] == deployed_ini["mlflow"]["default_permission"]
+
+
+def test_compose_reaches_the_server_only_through_tls() -> None:
+    services = _compose()["services"]
+    assert "ports" not in services["mlflow"] and "ports" not in services["postgres"]
+    proxy = services["tls-proxy"]
+    assert proxy["ports"] == ["443:443"]
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    caddyfile = (MLFLOW / "Caddyfile").read_text()
+    site = caddyfile[caddyfile.index("{$MLFLOW_PUBLIC_HOST}:443"):]
+    assert "tls /etc/caddy/certs/tls.crt /etc/caddy/certs/tls.key" in site
+    assert "reverse_proxy mlflow:5000" in site
+    env = dict(line.split("=", 1) for line in (MLFLOW / "env.example").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["MLFLOW_PUBLIC_HOST"] in env["MLFLOW_ALLOWED_HOSTS"].split(",")  # the Host header the proxy passes
+
+
+def test_kubernetes_ingress_terminates_tls_for_an_allowed_host() -> None:
+    objects = render(MLFLOW)
+    ingress = find(objects, "Ingress", "mlflow")
+    (tls,) = ingress["spec"]["tls"]
+    (rule,) = ingress["spec"]["rules"]
+    assert tls["secretName"] == "mlflow-tls" and rule["host"] in tls["hosts"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == "mlflow"
+    service = find(objects, "Service", "mlflow")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"  # not exposed but through the ingress
+    assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+    args = find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert rule["host"] in args[args.index("--allowed-hosts") + 1].split(",")
+
+
+def test_documented_tracking_uris_are_https() -> None:
+    """Every tracking URI a person or a VM is told to use is https (the in-cluster service name aside)."""
+    root = MLFLOW.parents[1]
+    for path in [root / "infra" / "README.md", root / "infra" / "ray" / "cluster.yaml", root / "docs" / "serving.md"]:
+        text = path.read_text()
+        for line in text.splitlines():
+            if "MLFLOW_TRACKING_URI" in line or "mlflow.example.com" in line:
+                assert "http://mlflow" not in line and "http://<mlflow" not in line, (path.name, line)
