@@ -24,7 +24,7 @@ missed (exit status 0: the fp32 export stands). The dataset is read from the che
 EPILOG = """\
 Examples:
   memseg export --checkpoint runs/train --out export/
-  memseg export --checkpoint models:/memseg-mvtec-bottle@champion --out export/ --int8 --test
+  memseg export --checkpoint models:/memseg-mvtec-bottle@champion --out export/ --int8 --test --register
   memseg predict --backend onnx --checkpoint export/model_fp32.onnx data/new --out out/
 """
 
@@ -48,13 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", metavar="DIR", help="the dataset root, if it moved since training")
     parser.add_argument("--test", action="store_true", help="INT8: also report test figures (never decide)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch and onnxruntime CPU threads")
+    parser.add_argument("--register", action="store_true",
+                        help="with a models:/ checkpoint: log the files to the version's run (export/version-N/) "
+                        "and tag the version with their locations and the gate's figures")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from memseg.errors import MemSegError
     from memseg.export.release import export_checkpoint
     from memseg.training.seeding import set_num_threads
 
+    if args.register and not args.checkpoint.startswith("models:/"):
+        msg = f"--register needs a registered model version (models:/...), not {args.checkpoint}"
+        raise MemSegError(msg)
     set_num_threads(args.threads)
     with checkpoint_file(args) as (checkpoint, label):
         report = export_checkpoint(
@@ -68,4 +75,11 @@ def run(args: argparse.Namespace) -> int:
         print(report.gate.summary())
         print(f"int8: {report.int8}" if report.int8 else "int8: not written (refused by the gate)")
         print(json.dumps(report.gate.tags(), indent=1, sort_keys=True))
+    if args.register:
+        from pipelines.commands._common import tracking_uri
+        from pipelines.export_registry import attach_export
+
+        files = [f for f in (report.fp32, report.int8) if f is not None]
+        tags = attach_export(args.checkpoint, tracking_uri(args.tracking_uri), files, report.gate)
+        print(f"registered with {label}: " + ", ".join(f"{k}={v}" for k, v in tags.items() if k.startswith("onnx_")))
     return 0

@@ -95,7 +95,8 @@ def test_int8_missing_the_margin_is_refused_and_no_int8_file_is_left(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [(["--opset", "11"], "opset 11 is not supported"),
-     (["--image-size", "128"], "data.image_size=64, not the requested 128")],
+     (["--image-size", "128"], "data.image_size=64, not the requested 128"),
+     (["--register"], "--register needs a registered model version")],
 )
 def test_bad_export_requests_fail_naming_the_field(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
@@ -127,13 +128,18 @@ def registered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.mark.mlflow
-def test_a_registered_model_exports_and_runs_where_torch_cannot_be_imported(
+def test_a_registered_model_exports_registers_its_file_and_runs_where_torch_cannot_be_imported(
     mlflow_server: MlflowServer, registered: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "export"
     code = main(["export", "--checkpoint", f"models:/{NAME}@champion", "--out", str(out),
-                 "--tracking-uri", mlflow_server.uri])
+                 "--tracking-uri", mlflow_server.uri, "--register"])
     assert code == 0, capsys.readouterr().err
+    # --register: the file is logged to the version's run and the version's tag says where.
+    tags = mlflow.MlflowClient(mlflow_server.uri).get_model_version(NAME, "1").tags
+    assert tags["onnx_fp32"].endswith("/export/version-1/model_fp32.onnx")
+    downloaded = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=tags["onnx_fp32"], dst_path=str(tmp_path / "download"), tracking_uri=mlflow_server.uri))
     images = np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
@@ -141,7 +147,7 @@ def test_a_registered_model_exports_and_runs_where_torch_cannot_be_imported(
         sys.modules["torch"] = None  # any import of torch now raises ImportError
         import numpy as np
         import onnxruntime as ort
-        session = ort.InferenceSession({str(out / "model_fp32.onnx")!r}, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession({str(downloaded)!r}, providers=["CPUExecutionProvider"])
         (maps,) = session.run(["anomaly_map"], {{"image": np.load({str(tmp_path / "images.npy")!r})}})
         np.save({str(tmp_path / "maps.npy")!r}, maps)
     """)
