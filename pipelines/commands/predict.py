@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model: nn.Module
     if args.backend == "onnx":
+        if args.precision != "fp32":
+            msg = f"--precision {args.precision} is a torch setting; --backend onnx runs the exported graph as it is"
+            raise MemSegError(msg)
         model, cfg = _onnx_model(args)
         device = resolve_device("cpu")
     else:
