@@ -36,13 +36,14 @@ from memseg.training.checkpoint import (
     config_from_payload,
     load_model_file,
 )
-from memseg.visualize import overlay_heatmap
+from memseg.visualize import overlay_heatmap, panel
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.csv"
 MAP_SUFFIX = "_map.png"
 OVERLAY_SUFFIX = "_overlay.png"
+PANEL_SUFFIX = "_panel.png"
 MAP_PNG_MAX = 65535  # 16-bit PNG: the map is stored as round(score * 65535)
 # Where a checkpoint directory may keep its model file, in order of preference: a checkpoint dir
 # itself, then a training output dir (``<output_dir>/best_model.pt``, ``checkpoints/latest/``).
@@ -270,6 +271,7 @@ def predict_paths(
     threshold: float | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
+    panels: bool = False,
 ) -> PredictReport:
     """Predict image files and folders, writing maps, overlays and ``scores.csv`` to ``out_dir``.
 
@@ -284,6 +286,9 @@ def predict_paths(
         threshold: when given, ``scores.csv`` gets ``is_anomalous`` = (score >= threshold).
         device: where to run; None = where the model is.
         precision: ``fp32`` or ``bf16``, as in :func:`predict`.
+        panels: also write ``<name>_panel.png``: labelled image | anomaly map | overlay tiles with a
+            colour bar, stretched to the map's own range (:func:`memseg.visualize.panel`); a few
+            hundred KB each, so off by default.
 
     Returns:
         A :class:`PredictReport`; unreadable images are in ``skipped`` (logged at DEBUG only, so a
@@ -315,6 +320,9 @@ def predict_paths(
             _write_png(out / f"{name}{MAP_SUFFIX}", levels)
             overlay = overlay_heatmap(image, pred.anomaly_map)
             _write_png(out / f"{name}{OVERLAY_SUFFIX}", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            if panels:
+                tiles = panel(image, None, pred.anomaly_map)
+                _write_png(out / f"{name}{PANEL_SUFFIX}", cv2.cvtColor(tiles, cv2.COLOR_RGB2BGR))
             report.scores.append((path, pred.score))
             row = [str(path), name, f"{pred.score:.8g}"]
             if threshold is not None:

@@ -19,6 +19,8 @@ Score images with a trained MemSeg checkpoint (a file or folder, or a registered
 models:/<name>@<alias> / models:/<name>/<version>) and write, per image, into --out:
   <name>_map.png       the anomaly map at the image's own size, 16-bit grayscale (value / 65535 = score)
   <name>_overlay.png   the image with a JET heat map on a fixed [0, 1] scale (a clean image stays clean)
+  <name>_panel.png     with --panels: labelled image | anomaly map | overlay and a colour bar, stretched
+                       to the map's own range, which is printed on it
 and one scores.csv (path, name, score[, is_anomalous]). The image score is the mean of the
 eval.top_k highest pixels, computed at the model's input size (data.image_size), as in evaluation.
 
@@ -65,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch (default) or onnx: onnxruntime on the CPU runs --checkpoint if it is an .onnx file from "
         "`memseg export`, else the checkpoint is exported first (same files; see docs/export.md)",
     )
+    parser.add_argument(
+        "--panels", action="store_true",
+        help="also write <name>_panel.png, a labelled panel to look at (a few hundred KB per image)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size:
         cfg = cfg.with_overrides({"eval.batch_size": args.batch_size})
     report = predict_paths(
-        model, cfg, args.inputs, args.out, threshold=args.threshold, device=device, precision=args.precision
+        model, cfg, args.inputs, args.out, threshold=args.threshold, device=device, precision=args.precision,
+        panels=args.panels,
     )
     for path, reason in report.skipped:
         # read errors name their file already; a path printed twice reads as two files

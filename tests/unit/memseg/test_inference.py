@@ -455,12 +455,18 @@ def test_cli_evaluate_and_predict(
     assert "1 image(s) scored" in printed
     assert (tmp_path / "pred" / "a_overlay.png").is_file()
 
+    assert not (tmp_path / "pred" / "a_panel.png").exists()  # panels only on request
+
     code = main([
         "predict", "--checkpoint", str(checkpoint_dir), str(images / "a.png"), "--out", str(tmp_path / "bf16"),
-        "--device", "cpu", "--precision", "bf16",
+        "--device", "cpu", "--precision", "bf16", "--panels",
     ])
     assert code == 0 and "1 image(s) scored" in capsys.readouterr().out
     assert (tmp_path / "bf16" / "scores.csv").is_file()
+    tiles = cv2.imread(str(tmp_path / "bf16" / "a_panel.png"))
+    image = cv2.imread(str(images / "a.png"))
+    # Three tiles (image | map | overlay, no ground truth) of at least 256 px, and a colour bar beside them.
+    assert tiles.shape[0] > 256 and tiles.shape[1] > 3 * max(256, image.shape[1])
 
     code = main(["predict", "--checkpoint", str(checkpoint_dir), str(images / "corrupt.png"), "--out", str(tmp_path / "p2")])
     assert code == 1
