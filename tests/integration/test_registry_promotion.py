@@ -80,7 +80,8 @@ def setup(mlflow_server: MlflowServer, synthetic_root: Path, tmp_path_factory: p
     data = promotion.gate_data(cfg, cfg, POLICY)
     score_a = promotion.measure(a, data, rule=cfg.eval, device="cpu")["pixel_auroc"]
     score_b = promotion.measure(b, data, rule=cfg.eval, device="cpu")["pixel_auroc"]
-    assert score_a == pytest.approx(1.0 - score_b, abs=1e-6)
+    # 1 - map exactly, up to the map blur's float rounding, which can reorder pixels that tie within 1e-7.
+    assert score_a == pytest.approx(1.0 - score_b, abs=1e-4)
     assert abs(score_a - 0.5) > 1e-3, "the untrained model is exactly at chance; pick another seed"
     better, worse = (a, b) if score_a > score_b else (b, a)
     exp = mlflow.MlflowClient(mlflow_server.uri).create_experiment(f"registry-{uuid.uuid4().hex[:8]}")
