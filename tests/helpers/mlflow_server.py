@@ -77,6 +77,18 @@ def wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout_s: float =
     raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def restart_server(server: MlflowServer) -> MlflowServer:
+    """Stop ``server`` and start the same command again: same port, database and artifact folder."""
+    server.stop()
+    log = server.root / "server-restarted.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(server.proc.args, stdout=out, stderr=subprocess.STDOUT, cwd=server.root,
+                                start_new_session=True, env=os.environ.copy())
+    restarted = MlflowServer(uri=server.uri, root=server.root, proc=proc, log=log)
+    wait_healthy(restarted.uri, proc, log)
+    return restarted
+
+
 def start_mlflow_server(
     root: Path | None = None,
     *,

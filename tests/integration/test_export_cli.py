@@ -9,7 +9,6 @@ be imported.
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,9 +22,9 @@ import pytest
 import torch
 
 from memseg.inference import MAP_PNG_MAX, load_checkpoint
-from pipelines import pyfunc_model as pm
 from pipelines.cli import main
 from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.registered_model import registered_champion
 from tests.helpers.tiny_checkpoint import save_tiny_checkpoint
 from tests.helpers.trained_checkpoint import brief_export
 
@@ -112,19 +111,8 @@ def test_bad_export_requests_fail_naming_the_field(
 def registered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny checkpoint registered as ``NAME`` version 1 with the alias ``champion``."""
     checkpoint = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
-    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    try:
-        with mlflow.start_run(experiment_id=client.create_experiment("memseg-export-test")):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=pm.__file__, artifacts={pm.CHECKPOINT_ARTIFACT: str(checkpoint)},
-                signature=pm.signature(), pip_requirements=["memseg"], registered_model_name=NAME,
-            )
-        client.set_registered_model_alias(NAME, "champion", str(info.registered_model_version))
+    with registered_champion(mlflow_server.uri, checkpoint, NAME, "memseg-export-test"):
         yield checkpoint
-    finally:
-        mlflow.set_tracking_uri(saved_uri)
 
 
 @pytest.mark.mlflow

@@ -34,7 +34,7 @@ from pipelines.promotion import PromotionPolicy
 from pipelines.pyfunc_model import encode_png
 from pipelines.tracking import TrackingError
 from sweeps.spec import load_sweep_spec
-from tests.helpers.mlflow_server import MlflowServer, start_mlflow_server, wait_healthy
+from tests.helpers.mlflow_server import restart_server, start_mlflow_server
 from tests.helpers.ray_cluster import free_port
 from tests.helpers.scoring_server import scoring_server
 
@@ -42,18 +42,6 @@ pytestmark = [pytest.mark.mlflow, pytest.mark.ray, pytest.mark.slow]
 
 # Untrained smoke models may score below chance; the floor is not what this test is about.
 POLICY = PromotionPolicy(floor=0.0)
-
-
-def _restart(server: MlflowServer) -> MlflowServer:
-    """Start the same server command again: same port, same SQLite database and artifact folder."""
-    server.stop()
-    log = server.root / "server-restarted.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(server.proc.args, stdout=out, stderr=subprocess.STDOUT, cwd=server.root,
-                                start_new_session=True, env=os.environ.copy())
-    restarted = MlflowServer(uri=server.uri, root=server.root, proc=proc, log=log)
-    wait_healthy(restarted.uri, proc, log)
-    return restarted
 
 
 def _snapshot(uri: str, sweep_id: str, storage: Path) -> dict[str, Any]:
@@ -95,7 +83,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
         with pytest.raises(TrackingError) as failure:
             flow.run_pipeline(spec, on_step=stop_after_first_registration, **run)
-        held["server"] = _restart(held["server"])
+        held["server"] = restart_server(held["server"])
         sweep_id = latest_sweep_id(str(storage), spec.name)
         state: dict[str, Any] = {"spec": spec, "root": root, "uri": uri, "sweep_id": sweep_id,
                                  "failure": str(failure.value)}

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -32,6 +30,7 @@ from pipelines import pyfunc_model as pm
 from pipelines.cli import main
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.ray_cluster import free_port
+from tests.helpers.registered_model import registered_champion
 from tests.helpers.scoring_server import scoring_server
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
@@ -54,20 +53,8 @@ def registered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFac
     model = create_model(cfg)
     model.build_memory(torch.rand(2, 3, SIZE, SIZE))
     checkpoint = save_model(tmp_path_factory.mktemp("ckpt") / "best_model.pt", model, cfg, 1, {})
-    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    try:
-        # an explicit experiment rather than mlflow.set_experiment, whose choice would outlive the module
-        with mlflow.start_run(experiment_id=client.create_experiment("memseg-serving-test")):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=pm.__file__, artifacts={pm.CHECKPOINT_ARTIFACT: str(checkpoint)},
-                signature=pm.signature(), pip_requirements=["memseg"], registered_model_name=NAME,
-            )
-        client.set_registered_model_alias(NAME, "champion", str(info.registered_model_version))
+    with registered_champion(mlflow_server.uri, checkpoint, NAME, "memseg-serving-test"):
         yield checkpoint
-    finally:
-        mlflow.set_tracking_uri(saved_uri)  # None unsets $MLFLOW_TRACKING_URI again
 
 
 @pytest.fixture(scope="module")

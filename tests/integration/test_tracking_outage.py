@@ -36,7 +36,7 @@ from sweeps.dataset import ensure_dataset
 from sweeps.driver import CategoryPlan
 from sweeps.spec import load_sweep_spec
 from sweeps.trainable import Trainable, make_trainable
-from tests.helpers.mlflow_server import MlflowServer, start_mlflow_server, wait_healthy
+from tests.helpers.mlflow_server import MlflowServer, restart_server, start_mlflow_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -75,18 +75,6 @@ def drive(spec_path: str, storage: str, sweep_id: str, uri: str, step: str, pid_
     spec = load_sweep_spec(spec_path).with_changes({"storage.path": storage})
     tracked = run_tracked_sweep(spec, tracking_uri=uri, sweep_id=sweep_id, trainable_factory=factory)
     print(json.dumps({"ok": tracked.ok, "untracked": list(tracked.untracked)}), flush=True)
-
-
-def _restart(server: MlflowServer) -> MlflowServer:
-    """The same server command again: same port, same SQLite database and artifact folder."""
-    server.stop()
-    log = server.root / "server-restarted.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(server.proc.args, stdout=out, stderr=subprocess.STDOUT, cwd=server.root,
-                                start_new_session=True, env=os.environ.copy())
-    restarted = MlflowServer(uri=server.uri, root=server.root, proc=proc, log=log)
-    wait_healthy(restarted.uri, proc, log)
-    return restarted
 
 
 def _setup(tmp_path: Path, num_samples: int) -> tuple[Path, dict[str, Any]]:
@@ -165,7 +153,7 @@ def test_outage_mid_sweep_loses_nothing(ray_cluster, tmp_path: Path) -> None:
             time.sleep(0.5)
         assert server.proc.poll() is not None, "the trial did not kill the server"
         time.sleep(12)  # the outage: longer than the client's retry budget (about 3 s here)
-        server = _restart(server)
+        server = restart_server(server)
         out, _ = driver.communicate(timeout=600)
         print(out[-8000:])
         assert driver.returncode == 0
@@ -197,7 +185,7 @@ def test_outage_at_the_end_is_named_then_synced(ray_cluster, tmp_path: Path) -> 
     assert "tracking incomplete" in out and "--sync --sweep-id " + sweep_id in out
     assert any("parent runs of bottle: not closed" in u for u in result["untracked"])
 
-    server = _restart(server)
+    server = restart_server(server)
     try:
         sync = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "sweep", "--config", str(spec_path), "--sync", "--sweep-id",
