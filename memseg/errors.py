@@ -7,6 +7,12 @@ class MemSegError(Exception):
     """Base of every error memseg raises on purpose."""
 
 
+def listed(problems: list[str], limit: int = 50) -> str:
+    """One indented line per problem, the first ``limit`` of them, then how many more."""
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "".join(f"\n  {line}" for line in problems[:limit]) + more
+
+
 class ConfigError(MemSegError, ValueError):
     """A config file or override is invalid; the message names the dotted key."""
 
@@ -17,9 +23,7 @@ class DatasetLayoutError(MemSegError):
     def __init__(self, root: str, problems: list[str]) -> None:
         self.root = root
         self.problems = list(problems)
-        shown = "\n  ".join(self.problems[:50])
-        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(f"{root}: dataset layout has {len(self.problems)} problem(s):\n  {shown}{more}")
+        super().__init__(f"{root}: dataset layout has {len(self.problems)} problem(s):{listed(self.problems)}")
 
 
 class ImageReadError(MemSegError):

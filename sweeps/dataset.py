@@ -27,7 +27,7 @@ from memseg.config import MemSegConfig
 from memseg.data.mvtec import CategoryFiles, list_category, read_rgb
 from memseg.data.splits import MIN_TRAIN_IMAGES
 from memseg.data.synthetic_mvtec import generate_dataset
-from memseg.errors import ConfigError, DatasetLayoutError, ImageReadError
+from memseg.errors import ConfigError, DatasetLayoutError, ImageReadError, listed
 from sweeps.search_space import max_memory_size
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ class DataCheckError(ConfigError):
     def __init__(self, root: str, problems: Sequence[str]) -> None:
         self.root = root
         self.problems = list(problems)
-        shown = "\n  ".join(self.problems[:50])
-        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         super().__init__(f"data.root {root}: {len(self.problems)} problem(s) found before starting "
-                         f"(fix or remove the files, then run again):\n  {shown}{more}")
+                         f"(fix or remove the files, then run again):{listed(self.problems)}")
 
 
 def preflight_cache_dir() -> Path:
