@@ -212,7 +212,8 @@ def run_simulated_trial(config: Mapping[str, object], sim: SimulatedTrial) -> No
             folder = Path(scratch) / f"eval_{step:06d}"
             write_checkpoint(folder, sim, {"step": step, "best": best, "score": score}, new_best, previous)
             payload: dict[str, str | float] = {**tune_metrics(step, metrics), NODE_KEY: node}
-            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            # Before the report: a trial ASHA stops on this result is ended inside tune.report.
             _event(sim, trial_id, "report", step=step)
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(folder)))
             previous = folder
     _event(sim, trial_id, "end", step=step)

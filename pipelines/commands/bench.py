@@ -3,7 +3,8 @@
 The handler parses flags and calls the two halves of the bench into one report:
 :func:`memseg.bench.run.run_bench` (pure memseg) and :func:`sweeps.bench_overhead.record_sweep_overhead`
 (a tiny local Ray sweep, tracked in a throw-away SQLite MLflow store like ``memseg sweep`` without a
-tracking server). ``--compare`` calls :mod:`memseg.bench.compare`.
+tracking server). ``--compare`` calls :mod:`memseg.bench.compare`. ``memseg bench sweep-scale`` is its
+own section with its own flags (:mod:`pipelines.bench_sweep_scale`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ examples:
   memseg bench --threads 1 --clock cpu --skip-sweep  # compare commits on a busy shared machine
   memseg bench --compare before.json after.json      # what changed, beyond the min-max noise
   memseg bench --compare main.json pr.json --max-regression 10   # exit 1 on a >10 % regression
+  memseg bench sweep-scale --sizes 2x16x8 --json scale.json       # the sweep machinery at scale, simulated
+                                                                  # (memseg bench sweep-scale --help)
 
 On a machine shared with other jobs, wall-clock figures swing with the load; --threads 1
 --clock cpu times one thread's CPU time instead, which approximates an idle core (the DataLoader
@@ -87,6 +90,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --compare: exit 1 when a figure is worse beyond noise by more than PCT percent",
     )
     p.set_defaults(handler=handle)
+    sections = p.add_subparsers(dest="bench_section", metavar="{sweep-scale}")
+    _register_sweep_scale(sections)
+
+
+SCALE_HELP = "the paper sweep's machinery at scale on a simulated GPU cluster, against bare Ray Tune"
+SCALE_DESCRIPTION = """\
+Run the production sweep stage (one Tuner + Optuna/TPE + ASHA per category, MLflow tracking against a
+real `mlflow server` with a SQLite backend, the status table, storage pruning) with simulated trials
+(they sleep --step-seconds per step and report a validation curve that depends on their parameters;
+no torch) on Ray nodes started on this machine that declare GPUs they do not have (a CPU head plus
+one node per 8 GPUs, --num-gpus 8 --num-cpus 16, object store 100 MB). A trial holds 1 GPU: a slot.
+Side by side, bare Ray Tune (one Tuner, random search, Tune's ASHA; no Optuna, MLflow, status table
+or pruning) runs the same simulated trials on the same cluster. Then ours again, killed with SIGKILL
+at half its wall time and continued with --resume.
+
+Figures per size: wall time and the ideal (busy slot-seconds / slots); slot utilisation (busy
+slot-seconds / (slots x wall)); time to the first trial running; idle tail (last trial start to last
+trial end); driver CPU seconds and peak memory (per 100 trials); MLflow requests per trial and their
+p50/p95 latency (a timing proxy in front of the server); Tune storage bytes per trial; trials
+finished/pruned/failed; after the kill: trials lost, rerun, duplicated (should be 0, 0, 0); ours
+over bare Tune; and the paper sweep (15 x 32 trials, 2700 steps) projected on 16 and 32 GPUs.
+Method and measured figures: docs/performance.md, "Sweep at scale (simulated)". Exits 1 when a run
+lost, reran or duplicated a trial, or left MLflow incomplete.
+"""
+SCALE_EPILOG = """\
+examples:
+  memseg bench sweep-scale --sizes 2x8x4 --steps 6 --step-seconds 0.5 --json ci.json   # about 3 min
+  memseg bench sweep-scale --sizes 2x16x8 4x32x8 --json scale.json
+  memseg bench sweep-scale --sizes 8x48x8 --no-crash --project-step-s 0.0209
+"""
+
+
+def _register_sweep_scale(sections: argparse._SubParsersAction) -> None:
+    p = sections.add_parser("sweep-scale", help=SCALE_HELP, description=SCALE_DESCRIPTION, epilog=SCALE_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["2x16x8"], metavar="CxSxT",
+                   help="sizes to run: categories x GPU slots x trials per category (default: 2x16x8)")
+    p.add_argument("--steps", type=int, default=12, metavar="N", help="step budget of a trial (default: 12)")
+    p.add_argument("--eval-interval", type=int, default=2, metavar="N", help="steps between reports (default: 2)")
+    p.add_argument("--step-seconds", type=float, default=1.0, metavar="S",
+                   help="simulated seconds per step (default: 1.0)")
+    p.add_argument("--max-concurrent", type=int, default=8, metavar="N",
+                   help="running trials per category at most (default: 8, the paper's)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the bare-Tune run")
+    p.add_argument("--no-crash", action="store_true", help="skip the kill -9 / --resume run")
+    p.add_argument("--project-step-s", type=float, default=0.0209, metavar="S",
+                   help="seconds per training step for the paper-sweep projection (default: 0.0209, one H200)")
+    p.add_argument("--workdir", metavar="DIR", help="keep data, storage, logs and MLflow here (default: a temp dir)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.set_defaults(handler=handle_sweep_scale)
+
+
+def handle_sweep_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.bench_sweep_scale import ScaleSettings, format_report, parse_size, problems, run_sweep_scale
+
+    settings = ScaleSettings(
+        sizes=tuple(parse_size(s) for s in args.sizes), steps=args.steps, eval_interval=args.eval_interval,
+        step_seconds=args.step_seconds, max_concurrent=args.max_concurrent, crash=not args.no_crash,
+        baseline=not args.no_baseline, project_step_s=args.project_step_s, workdir=args.workdir,
+    )
+
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    report = run_sweep_scale(settings, log)
+    print(format_report(report))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        print(f"\nJSON: {path}")
+    wrong = problems(report)
+    for line in wrong:
+        print(f"PROBLEM {line}", file=sys.stderr)
+    return 1 if wrong else 0
 
 
 def handle(args: argparse.Namespace) -> int:
