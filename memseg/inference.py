@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from memseg.config import MemSegConfig, resolve_for_category
-from memseg.data.mvtec import IMAGE_SUFFIXES, read_rgb, resize_square
+from memseg.data.mvtec import IMAGE_SUFFIXES, read_rgb, resize_square, to_rgb_u8
 from memseg.errors import CheckpointError, ConfigError, ImageReadError, MemSegError
 from memseg.evaluation import predict_maps
 from memseg.metrics import image_scores
@@ -145,24 +145,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     # DEBUG: registration, the gate and the test measurement load checkpoints many times per run.
     log.debug("loaded %s (category %s, step %s)", file, cfg.data.category, payload.get("step"))
     return model, cfg
-
-
-def to_rgb_u8(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` grayscale, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA uint8 -> ``(H, W, 3)`` RGB."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        msg = f"images must be uint8, got {image.dtype}"
-        raise ValueError(msg)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    msg = f"images must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}"
-    raise ValueError(msg)
 
 
 def predict(

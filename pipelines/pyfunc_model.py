@@ -20,6 +20,12 @@ Output: a DataFrame, one row per image, ``score`` (float, the image anomaly scor
 ``anomaly_map`` (float32 in [0, 1]; nested lists over REST): ``data.image_size`` square, the model's
 resolution, by default; ``(H, W)``, the image's own size, with ``map_size=input``.
 
+Backends (``model_config["backend"]``): ``torch`` (default) rebuilds the network from the checkpoint;
+``onnx`` (onnxruntime) and ``openvino`` run the ONNX file ``memseg export --register`` attached to the
+registered version this model was loaded from (``model_config["precision"]``: ``fp32``, the default,
+or ``int8`` when the version's INT8 file passed the accuracy gate), and import no torch: this module
+imports torch only inside the torch backend's loader. docs/export.md, "The pyfunc".
+
 Limits: an image over ``max_pixels`` pixels (``model_config``, else ``$MEMSEG_MAX_PIXELS``, else
 :data:`DEFAULT_MAX_PIXELS`) is refused; a PNG or JPEG before its pixels are decoded. A bad request
 raises :class:`pipelines.request_error.RequestError`, which the scoring server answers with HTTP 400
@@ -32,7 +38,9 @@ and ``pd.DataFrame`` there turns off its type-hint inference (the signature is e
 import base64
 import binascii
 import os
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import mlflow
@@ -43,10 +51,13 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
-from memseg.inference import load_checkpoint, predict
-from memseg.training import resolve_device
+from memseg.errors import CheckpointError
+from pipelines.exported_files import EXPORT_TAGS, download_exported_file
 from pipelines.image_header import image_size
 from pipelines.request_error import RequestError
+
+if TYPE_CHECKING:
+    from memseg.export.runtime import ExportedAnomalyModel
 
 IMAGE_COLUMN = "image"
 SCORE_COLUMN = "score"
@@ -59,6 +70,16 @@ MAX_PIXELS_ENV = "MEMSEG_MAX_PIXELS"
 MAX_PIXELS_KEY = "max_pixels"
 MAP_SIZE_PARAM = "map_size"
 MAP_SIZES = ("model", "input")
+BACKEND_KEY = "backend"
+BACKENDS = ("torch", "onnx", "openvino")
+PRECISION_KEY = "precision"
+THREADS_KEY = "threads"
+DEVICE_KEY = "device"
+# Logged with the model: MLflow passes a load-time model_config key to the model only when the
+# logged model_config has that key, and ignores the others (with a warning). None = not set.
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    BACKEND_KEY: BACKENDS[0], PRECISION_KEY: "fp32", DEVICE_KEY: "auto", THREADS_KEY: None, MAX_PIXELS_KEY: None,
+}
 
 
 def encode_png(image_u8: np.ndarray) -> str:
@@ -175,12 +196,12 @@ def signature() -> ModelSignature:
 
 
 def max_pixels_setting(model_config: dict[str, Any]) -> int:
-    """The pixel limit: ``model_config["max_pixels"]``, else ``$MEMSEG_MAX_PIXELS``, else the default.
+    """The pixel limit: ``model_config["max_pixels"]`` (unless None), else ``$MEMSEG_MAX_PIXELS``, else the default.
 
     Raises:
         ValueError: naming the setting when it is not a positive integer.
     """
-    if MAX_PIXELS_KEY in model_config:
+    if model_config.get(MAX_PIXELS_KEY) is not None:
         raw, where = model_config[MAX_PIXELS_KEY], f"model_config {MAX_PIXELS_KEY}"
     elif os.environ.get(MAX_PIXELS_ENV):
         raw, where = os.environ[MAX_PIXELS_ENV], f"${MAX_PIXELS_ENV}"
@@ -209,18 +230,81 @@ def map_size_param(params: dict[str, Any] | None) -> str:
     return str(value)
 
 
-class MemSegPyfunc(PythonModel):
-    """Scores images with the checkpoint in ``context.artifacts["checkpoint"]``.
+def backend_setting(model_config: dict[str, Any]) -> tuple[str, str]:
+    """``(backend, precision)`` from ``model_config``: ``torch`` + ``fp32`` unless it says otherwise.
 
-    ``model_config``: ``device`` (``cpu`` | ``cuda`` | ``auto``, default ``auto``) and ``max_pixels``
-    (see :func:`max_pixels_setting`).
+    Raises:
+        CheckpointError: naming the key and its choices (``int8`` needs ``onnx`` or ``openvino``).
+    """
+    backend = str(model_config.get(BACKEND_KEY) or BACKENDS[0])
+    if backend not in BACKENDS:
+        msg = f"model_config {BACKEND_KEY} must be one of {', '.join(BACKENDS)}, got {backend!r}"
+        raise CheckpointError(msg)
+    precision = str(model_config.get(PRECISION_KEY) or "fp32")
+    choices = ("fp32",) if backend == "torch" else tuple(EXPORT_TAGS)
+    if precision not in choices:
+        msg = (
+            f"model_config {PRECISION_KEY} must be one of {', '.join(choices)} with backend {backend}, "
+            f"got {precision!r}"
+        )
+        raise CheckpointError(msg)
+    return backend, precision
+
+
+def _exported_graph(checkpoint: str, backend: str, precision: str, threads: int | None) -> "ExportedAnomalyModel":
+    """The registered version's exported file, downloaded and opened in ``backend``.
+
+    The runtimes are imported here, not at the top: they are optional dependencies (``memseg[export]``)
+    that the torch backend does not need. The downloaded file is not kept: the runtime holds the graph.
+    """
+    with tempfile.TemporaryDirectory(prefix="memseg-pyfunc-onnx-") as tmp:
+        uri, path = download_exported_file(checkpoint, precision, Path(tmp))
+        try:
+            if backend == "onnx":
+                from memseg.export.runtime import OnnxAnomalyModel  # noqa: PLC0415  # optional dependency, see above
+
+                return OnnxAnomalyModel(path, threads=threads)
+            from memseg.export.openvino_runtime import OpenVinoAnomalyModel  # noqa: PLC0415  # as above
+
+            return OpenVinoAnomalyModel(path, threads=threads)
+        except ImportError as exc:
+            msg = f"{uri}: backend {backend} needs {exc.name} (pip install 'memseg[export]')"
+            raise CheckpointError(msg) from None
+
+
+class MemSegPyfunc(PythonModel):
+    """Scores images with the checkpoint in ``context.artifacts["checkpoint"]``, or its exported file.
+
+    ``model_config``: ``backend`` (``torch`` | ``onnx`` | ``openvino``, default ``torch``),
+    ``precision`` (``fp32`` | ``int8``; ``int8`` with ``onnx``/``openvino`` only), ``device`` (torch
+    only: ``cpu`` | ``cuda`` | ``auto``, default ``auto``), ``threads`` (onnx/openvino CPU threads)
+    and ``max_pixels`` (see :func:`max_pixels_setting`).
     """
 
     def load_context(self, context: PythonModelContext) -> None:
         model_config = getattr(context, "model_config", None) or {}
         self.max_pixels = max_pixels_setting(model_config)
-        self.device = resolve_device(str(model_config.get("device", "auto")))
-        self.model, self.cfg = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], self.device)
+        self.backend, precision = backend_setting(model_config)
+        checkpoint = context.artifacts[CHECKPOINT_ARTIFACT]
+        self.graph: ExportedAnomalyModel | None = None
+        if self.backend != "torch":
+            threads = model_config.get(THREADS_KEY)
+            self.graph = _exported_graph(checkpoint, self.backend, precision, int(threads) if threads else None)
+            return
+        # torch is imported here and only here: the onnx and openvino backends must run without it
+        from memseg.inference import load_checkpoint  # noqa: PLC0415  # see the comment above
+        from memseg.training import resolve_device  # noqa: PLC0415  # see the comment above
+
+        self.device = resolve_device(str(model_config.get(DEVICE_KEY) or "auto"))
+        self.model, self.cfg = load_checkpoint(checkpoint, self.device)
+
+    def _scores_and_maps(self, images: list[np.ndarray], full_size: bool) -> list[tuple[float, np.ndarray]]:
+        if self.graph is not None:
+            return self.graph.predict(images, full_size=full_size)
+        from memseg.inference import predict  # noqa: PLC0415  # torch backend only (load_context imported it)
+
+        predictions = predict(self.model, images, self.cfg, self.device, full_size=full_size)
+        return [(p.score, p.anomaly_map) for p in predictions]
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -230,11 +314,11 @@ class MemSegPyfunc(PythonModel):
             images = images_from_input(model_input, self.max_pixels)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        predictions = predict(self.model, images, self.cfg, self.device, full_size=full_size)
+        scored = self._scores_and_maps(images, full_size)
         return pd.DataFrame(
             {
-                SCORE_COLUMN: [p.score for p in predictions],
-                MAP_COLUMN: [p.anomaly_map for p in predictions],
+                SCORE_COLUMN: [score for score, _ in scored],
+                MAP_COLUMN: [anomaly_map for _, anomaly_map in scored],
             }
         )
 

@@ -392,6 +392,7 @@ def log_pyfunc(winner: Winner, cfg: MemSegConfig, input_image: np.ndarray, tags:
         python_model=str(Path(pm.__file__).resolve()),
         artifacts={pm.CHECKPOINT_ARTIFACT: str(winner.checkpoint)},
         signature=pm.signature(),
+        model_config=pm.DEFAULT_MODEL_CONFIG,
         input_example=pd.DataFrame({pm.IMAGE_COLUMN: [pm.encode_png(input_image)]}),
         pip_requirements=_pip_requirements(),
     )

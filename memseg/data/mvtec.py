@@ -139,6 +139,24 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def to_rgb_u8(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` grayscale, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA uint8 -> ``(H, W, 3)`` RGB."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        msg = f"images must be uint8, got {image.dtype}"
+        raise ValueError(msg)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    msg = f"images must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}"
+    raise ValueError(msg)
+
+
 def read_image(path: str | Path, size: int) -> np.ndarray:
     """Decode an image as RGB (:func:`read_rgb`) and resize it to a square (:func:`resize_square`).
 

@@ -23,7 +23,7 @@ from memseg.export.gate import DEFAULT_MARGIN, GateResult, int8_gate
 from memseg.export.metadata import set_metadata
 from memseg.export.onnx_graph import DEFAULT_OPSET, check_exportable, export_onnx
 from memseg.export.quantize import quantize_int8
-from memseg.export.runtime import OnnxAnomalyModel
+from memseg.export.runtime import ExportedAnomalyModel, OnnxAnomalyModel
 from memseg.inference import load_checkpoint
 from memseg.metrics import compute_metrics
 
@@ -65,7 +65,7 @@ def calibration_images(cfg: MemSegConfig, limit: int) -> np.ndarray:
     return to_tensor(load_images([s.path for s in samples], cfg.data.image_size)).numpy()
 
 
-def split_figures(runtime: OnnxAnomalyModel, cfg: MemSegConfig, split: str) -> dict[str, float]:
+def split_figures(runtime: ExportedAnomalyModel, cfg: MemSegConfig, split: str) -> dict[str, float]:
     """Overall metrics of an exported graph on the ``val`` or ``test`` split of ``cfg``'s category."""
     data = load_split(cfg, "val" if split == "val" else "test")
     maps = runtime.predict_maps(data.images.numpy(), cfg.eval.batch_size)

@@ -2,8 +2,9 @@
 
 :func:`memseg.inference.predict_paths` (``memseg predict --backend onnx``) and
 :func:`memseg.evaluation.predict_maps` call ``model.anomaly_map(x)``; this module answers that call
-with an onnxruntime session, so both backends go through the same resizing, scoring and file writing
-and write the same files. Code that must run without torch uses :mod:`memseg.export.runtime` directly.
+with an exported graph (onnxruntime or OpenVINO), so every backend goes through the same resizing,
+scoring and file writing and writes the same files. Code that must run without torch uses
+:mod:`memseg.export.runtime` or :mod:`memseg.export.openvino_runtime` directly.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from memseg.export.runtime import OnnxAnomalyModel
+from memseg.export.runtime import ExportedAnomalyModel
 
 
 class OnnxBackedModel(nn.Module):
     """``anomaly_map(x)`` computed by an exported graph (on the CPU; no parameters of its own)."""
 
-    def __init__(self, runtime: OnnxAnomalyModel) -> None:
+    def __init__(self, runtime: ExportedAnomalyModel) -> None:
         super().__init__()
         self.runtime = runtime
 

@@ -25,6 +25,7 @@ def registered_champion(uri: str, checkpoint: Path, name: str, experiment: str) 
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=pm.__file__, artifacts={pm.CHECKPOINT_ARTIFACT: str(checkpoint)},
                 signature=pm.signature(), pip_requirements=["memseg"], registered_model_name=name,
+                model_config=pm.DEFAULT_MODEL_CONFIG,
             )
         version = str(info.registered_model_version)
         client.set_registered_model_alias(name, "champion", version)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from memseg.errors import CheckpointError
 from memseg.inference import load_checkpoint, predict
 from pipelines import pyfunc_model as pm
 from pipelines.image_header import image_size
@@ -133,6 +134,8 @@ def test_max_pixels_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(pm.MAX_PIXELS_ENV, "2500")
     assert pm.max_pixels_setting({}) == 2500
     assert pm.max_pixels_setting({pm.MAX_PIXELS_KEY: 900}) == 900
+    # the logged default model_config holds None: not set, so the environment still decides
+    assert pm.max_pixels_setting({pm.MAX_PIXELS_KEY: None}) == 2500
     for bad in ("lots", 0, -1, 2.5, True):
         with pytest.raises(ValueError, match="model_config max_pixels must be a positive whole number"):
             pm.max_pixels_setting({pm.MAX_PIXELS_KEY: bad})
@@ -147,3 +150,12 @@ def test_request_error_answers_400_with_its_own_message() -> None:
     body = json.loads(error.serialize_as_json())
     assert error.get_http_status_code() == 400
     assert body == {"error_code": "INVALID_PARAMETER_VALUE", "message": "image row 0: cannot decode the image bytes"}
+
+
+def test_backend_setting_defaults_to_torch_fp32_and_names_the_key_it_refuses() -> None:
+    assert pm.backend_setting({}) == pm.backend_setting(pm.DEFAULT_MODEL_CONFIG) == ("torch", "fp32")
+    assert pm.backend_setting({"backend": "openvino", "precision": "int8"}) == ("openvino", "int8")
+    with pytest.raises(CheckpointError, match="model_config backend must be one of torch, onnx, openvino, got 'trt'"):
+        pm.backend_setting({"backend": "trt"})
+    with pytest.raises(CheckpointError, match="precision must be one of fp32, int8 with backend onnx, got 'bf16'"):
+        pm.backend_setting({"backend": "onnx", "precision": "bf16"})
