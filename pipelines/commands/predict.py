@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from memseg.config import MemSegConfig
+    from memseg.export.runtime import ExportedAnomalyModel
     from memseg.export.torch_adapter import OnnxBackedModel
 
 DESCRIPTION = """\
@@ -35,6 +36,7 @@ Examples:
   memseg predict --checkpoint runs/train/best_model.pt data/mvtec/bottle/test --out predictions/
   memseg predict --checkpoint runs/train photo1.png photo2.jpg --out out/ --threshold 0.35
   memseg predict --checkpoint models:/memseg-mvtec-bottle@champion data/new --out out/
+  memseg predict --backend openvino --checkpoint export/model_int8.onnx data/new --out out/
 
 --threshold T adds is_anomalous = (score >= T) to scores.csv. Choose T on validation data, never on
 the images you want to judge: `memseg evaluate --checkpoint PATH --split val` prints the threshold
@@ -63,9 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "on CPUs with AVX512-BF16/AMX and on GPUs; scores move by a few 1e-3",
     )
     parser.add_argument(
-        "--backend", choices=("torch", "onnx"), default="torch",
-        help="torch (default) or onnx: onnxruntime on the CPU runs --checkpoint if it is an .onnx file from "
-        "`memseg export`, else the checkpoint is exported first (same files; see docs/export.md)",
+        "--backend", choices=("torch", "onnx", "openvino"), default="torch",
+        help="torch (default), onnx (onnxruntime) or openvino, both on the CPU: they run --checkpoint if it is an "
+        ".onnx file from `memseg export` (fp32 or INT8), else the checkpoint is exported first (same files; see "
+        "docs/export.md)",
     )
     parser.add_argument(
         "--panels", action="store_true",
@@ -84,9 +87,12 @@ def run(args: argparse.Namespace) -> int:
     set_num_threads(args.threads)
     device = resolve_device(args.device)
     model: nn.Module
-    if args.backend == "onnx":
+    if args.backend != "torch":
         if args.precision != "fp32":
-            msg = f"--precision {args.precision} is a torch setting; --backend onnx runs the exported graph as it is"
+            msg = (
+                f"--precision {args.precision} is a torch setting; --backend {args.backend} runs the exported graph "
+                "as it is (export with --int8 for a lower precision)"
+            )
             raise MemSegError(msg)
         model, cfg = _onnx_model(args)
         device = resolve_device("cpu")
@@ -116,20 +122,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_graph(backend: str, path: str | Path, threads: int | None) -> ExportedAnomalyModel:
+    from memseg.export.runtime import OnnxAnomalyModel
+
+    if backend == "onnx":
+        return OnnxAnomalyModel(path, threads=threads)
+    from memseg.export.openvino_runtime import OpenVinoAnomalyModel
+
+    return OpenVinoAnomalyModel(path, threads=threads)
+
+
 def _onnx_model(args: argparse.Namespace) -> tuple[OnnxBackedModel, MemSegConfig]:
-    """The exported graph --checkpoint names (an .onnx file), or one exported from the checkpoint now."""
+    """The exported graph --checkpoint names (an .onnx file), or one exported from the checkpoint now,
+    opened in the --backend runtime."""
     import tempfile
 
     from memseg.export.onnx_graph import export_onnx
-    from memseg.export.runtime import OnnxAnomalyModel
     from memseg.export.torch_adapter import OnnxBackedModel
     from memseg.inference import load_checkpoint
 
     if args.checkpoint.endswith(".onnx"):
-        runtime = OnnxAnomalyModel(args.checkpoint, threads=args.threads)
+        runtime = _open_graph(args.backend, args.checkpoint, args.threads)
     else:
         with checkpoint_file(args) as (checkpoint, label), tempfile.TemporaryDirectory(prefix="memseg-onnx-") as tmp:
             model, cfg = load_checkpoint(checkpoint)
             path = export_onnx(model, cfg, Path(tmp) / "model.onnx", source=label)
-            runtime = OnnxAnomalyModel(path, threads=args.threads)  # the session holds the graph in memory
+            runtime = _open_graph(args.backend, path, args.threads)  # the runtime holds the graph in memory
     return OnnxBackedModel(runtime), runtime.config

@@ -1,7 +1,7 @@
-"""``memseg export`` and ``memseg predict --backend onnx`` end to end, and an export from the registry.
+"""``memseg export`` and ``memseg predict --backend onnx|openvino`` end to end, and an export from the registry.
 
 A briefly trained 64 px model is exported (fp32 and INT8 behind the gate); predicting with the
-exported graph writes the same files as predicting with torch. A model registered in a real
+exported graph (onnxruntime or OpenVINO) writes the same files as predicting with torch. A model registered in a real
 ``mlflow server`` is exported by its alias and the file runs in a fresh process where torch cannot
 be imported.
 """
@@ -46,7 +46,7 @@ def _scores(folder: Path) -> dict[str, float]:
         return {row["name"]: float(row["score"]) for row in csv.DictReader(fh)}
 
 
-def test_export_with_int8_then_predict_with_onnx_writes_what_torch_writes(
+def test_export_with_int8_then_predict_with_onnx_or_openvino_writes_what_torch_writes(
     trained: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "export"
@@ -60,23 +60,26 @@ def test_export_with_int8_then_predict_with_onnx_writes_what_torch_writes(
 
     images = synthetic_root / "carpet" / "test"
     by_backend = {}
-    for backend, checkpoint in (("torch", str(trained)), ("onnx", str(out / "model_fp32.onnx"))):
+    for backend, checkpoint in (("torch", str(trained)), ("onnx", str(out / "model_fp32.onnx")),
+                                ("openvino", str(out / "model_fp32.onnx"))):
         dest = tmp_path / backend
         code = main(["predict", "--checkpoint", checkpoint, "--backend", backend, "--device", "cpu",
                      str(images), "--out", str(dest)])
         assert code == 0, capsys.readouterr().err
         by_backend[backend] = dest
     torch_files = sorted(p.name for p in by_backend["torch"].iterdir())
-    assert torch_files == sorted(p.name for p in by_backend["onnx"].iterdir())
     assert any(name.endswith("_map.png") for name in torch_files)
-    torch_scores, onnx_scores = _scores(by_backend["torch"]), _scores(by_backend["onnx"])
-    assert torch_scores.keys() == onnx_scores.keys()
-    for name, score in torch_scores.items():
-        assert onnx_scores[name] == pytest.approx(score, abs=1e-4), name
-    for name in (n for n in torch_files if n.endswith("_map.png")):
-        a = cv2.imread(str(by_backend["torch"] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
-        b = cv2.imread(str(by_backend["onnx"] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
-        assert np.abs(a - b).max() <= 1e-4 * MAP_PNG_MAX, name
+    torch_scores = _scores(by_backend["torch"])
+    for backend in ("onnx", "openvino"):
+        assert torch_files == sorted(p.name for p in by_backend[backend].iterdir()), backend
+        scores = _scores(by_backend[backend])
+        assert torch_scores.keys() == scores.keys()
+        for name, score in torch_scores.items():
+            assert scores[name] == pytest.approx(score, abs=1e-4), (backend, name)
+        for name in (n for n in torch_files if n.endswith("_map.png")):
+            a = cv2.imread(str(by_backend["torch"] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
+            b = cv2.imread(str(by_backend[backend] / name), cv2.IMREAD_UNCHANGED).astype(np.int64)
+            assert np.abs(a - b).max() <= 1e-4 * MAP_PNG_MAX, (backend, name)
 
 
 def test_int8_missing_the_margin_is_refused_and_no_int8_file_is_left(
@@ -105,6 +108,17 @@ def test_bad_export_requests_fail_naming_the_field(
     assert code == 1
     assert message in err
     assert not (tmp_path / "x" / "model_fp32.onnx").exists()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_torch_precision_with_an_exported_backend_is_refused(
+    trained: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    code = main(["predict", "--checkpoint", str(trained), "--backend", backend, "--precision", "bf16",
+                 str(synthetic_root / "carpet" / "test"), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert f"--precision bf16 is a torch setting; --backend {backend} runs the exported graph" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "scores.csv").exists()
 
 
 @pytest.fixture(scope="module")
