@@ -349,6 +349,16 @@ def start_mlflow_server(root: Path) -> MlflowServer:
         time.sleep(0.5)
 
 
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: object) -> None:
+        # A driver killed on purpose (the crash run) drops its connections: not an error of the proxy.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
 
 
@@ -406,8 +416,7 @@ class TimingProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
 
-        self.server = ThreadingHTTPServer((HOST, free_port()), Handler)
-        self.server.daemon_threads = True
+        self.server = _ProxyServer((HOST, free_port()), Handler)
         self.uri = f"http://{HOST}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="mlflow-proxy")
         self._thread.start()
@@ -577,20 +586,28 @@ def timeline_figures(runs: Mapping[str, Sequence[Invocation]], started: float, s
         "wall_over_ideal": wall / (busy / slots) if busy else math.nan,
         "busy_slot_s": busy,
         "slot_utilisation": busy / (slots * wall),
+        # From the first trial's start: the driver's own start-up (imports, planning, data check) left out.
+        "sweep_window_s": last_end - first,
+        "window_utilisation": busy / (slots * (last_end - first)) if last_end > first else math.nan,
         "time_to_first_trial_s": first - started,
         "idle_tail_s": last_end - last_start,
         "idle_slot_s_per_trial": (slots * wall - busy) / max(1, trials),
         "step_budget_share": busy / (max(1, trials) * full_trial_s),
+        "first_trial_start": first,
         "last_trial_end": last_end,
     }
 
 
-def driver_figures(run: DriverRun, until: float, trials: int) -> dict[str, float]:
-    """The driver's CPU and memory while the trials ran (until the last trial's end), and in all."""
+def driver_figures(run: DriverRun, until: float, trials: int, since: float | None = None) -> dict[str, float]:
+    """The driver's CPU and memory until the last trial's end, in the sweep window (from ``since``, the first
+    trial's start: the start-up left out), and in all."""
     cpu = run.cpu_at(until)
+    window = cpu - run.cpu_at(since) if since is not None else math.nan
     return {
         "driver_cpu_s": cpu,
         "driver_cpu_s_per_100_trials": 100 * cpu / max(1, trials),
+        "driver_cpu_s_window": window,
+        "driver_cpu_s_window_per_100_trials": 100 * window / max(1, trials),
         "driver_cpu_s_total": run.cpu_total_s,
         "driver_peak_rss_mb": run.peak_rss_until(until),
         "driver_peak_rss_mb_total": run.peak_rss_total_mb,
@@ -757,7 +774,8 @@ def run_ours(ctx: SizeContext, name: str, log: Log, *, kill_after_s: float | Non
         figures = timeline_figures(invocations, first.started, ctx.size.slots, ctx.size.total_trials,
                                    ctx.full_trial_s)
         out.update(figures)
-        out.update(driver_figures(first, float(figures.get("last_trial_end", first.ended)), ctx.size.total_trials))
+        out.update(driver_figures(first, figures.get("last_trial_end", first.ended), ctx.size.total_trials,
+                                  figures.get("first_trial_start")))
     else:
         out.update(crash_figures(tune, mlflow, invocations, first.ended, ctx.size.trials, ctx.size.categories))
         out["killed_after_s"] = kill_after_s
@@ -829,7 +847,8 @@ def run_baseline(ctx: SizeContext, log: Log) -> dict[str, object]:
     figures = timeline_figures(read_invocations(events), run.started, ctx.size.slots, ctx.size.total_trials,
                                ctx.full_trial_s)
     out.update(figures)
-    out.update(driver_figures(run, float(figures.get("last_trial_end", run.ended)), ctx.size.total_trials))
+    out.update(driver_figures(run, figures.get("last_trial_end", run.ended), ctx.size.total_trials,
+                              figures.get("first_trial_start")))
     out["storage_bytes_per_trial"] = tree_bytes(folder / "storage") / ctx.size.total_trials
     out["logs"] = [str(folder / "driver.log")]
     return out
@@ -837,8 +856,8 @@ def run_baseline(ctx: SizeContext, log: Log) -> dict[str, object]:
 
 # --- the whole bench -------------------------------------------------------------------------------------
 
-RATIO_KEYS = ("slot_utilisation", "wall_s", "time_to_first_trial_s", "idle_tail_s", "driver_cpu_s",
-              "driver_peak_rss_mb", "storage_bytes_per_trial")
+RATIO_KEYS = ("slot_utilisation", "window_utilisation", "wall_s", "sweep_window_s", "time_to_first_trial_s",
+              "idle_tail_s", "driver_cpu_s", "driver_cpu_s_window", "driver_peak_rss_mb", "storage_bytes_per_trial")
 
 
 def ratios(ours: Mapping[str, object], base: Mapping[str, object]) -> dict[str, float]:
@@ -1002,8 +1021,9 @@ def problems(report: ScaleReport) -> list[str]:
 def format_report(report: ScaleReport) -> str:
     """The figures as a text table, one column per run, and the projection."""
     cols = [(f"{size.size.label} {kind}", figures) for size in report.sizes for kind, figures in size.runs()]
-    keys = ["wall_s", "ideal_s", "slot_utilisation", "time_to_first_trial_s", "idle_tail_s",
-            "driver_cpu_s_per_100_trials", "driver_peak_rss_mb", "mlflow_requests_per_trial", "mlflow_p50_ms",
+    keys = ["wall_s", "ideal_s", "slot_utilisation", "sweep_window_s", "window_utilisation",
+            "time_to_first_trial_s", "idle_tail_s", "driver_cpu_s_per_100_trials",
+            "driver_cpu_s_window_per_100_trials", "driver_peak_rss_mb", "mlflow_requests_per_trial", "mlflow_p50_ms",
             "mlflow_p95_ms", "storage_bytes_per_trial", "trials_finished", "trials_pruned", "trials_failed",
             "trials_lost", "trials_rerun", "trials_duplicated"]
     rows: list[tuple[str, ...]] = [("figure", *(c[0] for c in cols))]
