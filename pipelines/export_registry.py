@@ -2,8 +2,9 @@
 
 A model version's own artifacts are fixed when it is logged, so the files go to the run that
 produced the version, under ``export/version-<N>/``, and the version gets tags that say where they
-are and what the INT8 gate measured (``memseg.export.gate.GateResult.tags``). ``memseg export
---register`` does this after exporting a ``models:/`` URI.
+are (``onnx_fp32``, ``onnx_int8``, ``openvino_*`` for OpenVINO IR) and what the INT8 gate measured
+(``memseg.export.gate.GateResult.tags``). ``memseg export --register`` does this after exporting a
+``models:/`` URI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from memseg.errors import CheckpointError
 from memseg.export.gate import GateResult
+from pipelines.exported_files import EXPORT_TAGS, IR_TAGS
 from pipelines.model_source import parse_registry_uri
 
 EXPORT_ARTIFACT_DIR = "export"
@@ -44,7 +46,12 @@ def attach_export(
     folder = f"{EXPORT_ARTIFACT_DIR}/version-{version.version}"
     for file in files:
         client.log_artifact(version.run_id, str(file), folder)
-    tags = {f"onnx_{f.stem.removeprefix('model_')}": f"runs:/{version.run_id}/{folder}/{f.name}" for f in files}
+    tags = {}
+    for file in files:  # model_<precision>.onnx / .xml; an IR's .bin is logged beside its .xml, untagged
+        by_precision = {".onnx": EXPORT_TAGS, ".xml": IR_TAGS}.get(file.suffix, {})
+        tag = by_precision.get(file.stem.removeprefix("model_"))
+        if tag:
+            tags[tag] = f"runs:/{version.run_id}/{folder}/{file.name}"
     if gate is not None:
         tags.update(gate.tags())
     for key, value in tags.items():

@@ -22,8 +22,10 @@ from mlflow.models import Model
 
 from memseg.errors import CheckpointError
 
-# Version tags: the precision's file (``onnx_fp32``, ``onnx_int8``) and the INT8 gate's verdict.
+# Version tags: the precision's file (``onnx_fp32``, ``onnx_int8``), its OpenVINO IR (``openvino_*``,
+# the ``.xml``; its ``.bin`` lies beside it) and the INT8 gate's verdict.
 EXPORT_TAGS = {"fp32": "onnx_fp32", "int8": "onnx_int8"}
+IR_TAGS = {"fp32": "openvino_fp32", "int8": "openvino_int8"}
 GATE_TAG = "int8_gate"
 MLMODEL_FILE = "MLmodel"
 
@@ -110,17 +112,30 @@ def exported_file_uri(versions: list[ModelVersion], precision: str) -> tuple[Mod
     raise CheckpointError(msg)
 
 
-def download_exported_file(artifact: str | Path, precision: str, dest: Path) -> tuple[str, Path]:
-    """Download the ``precision`` ONNX file of the version the pyfunc holding ``artifact`` came from.
+def download_exported_file(
+    artifact: str | Path, precision: str, dest: Path, *, prefer_ir: bool = False
+) -> tuple[str, Path]:
+    """Download the ``precision`` file of the version the pyfunc holding ``artifact`` came from.
+
+    Args:
+        prefer_ir: take the OpenVINO IR (``.xml`` and its ``.bin``) when the version has one, else the ONNX file.
 
     Returns:
-        ``(models:/<name>/<version>, the downloaded file)``.
+        ``(models:/<name>/<version>, the downloaded .onnx or .xml)``.
     """
     registry_uri = mlflow.get_registry_uri()
-    version, uri = exported_file_uri(registered_versions(model_folder(artifact), registry_uri), precision)
+    versions = registered_versions(model_folder(artifact), registry_uri)
+    ir = next((v for v in versions if IR_TAGS.get(precision) in v.tags), None) if prefer_ir else None
+    if ir is not None:
+        version, uris = ir, [ir.tags[IR_TAGS[precision]]]
+        uris.append(uris[0].removesuffix(".xml") + ".bin")
+    else:
+        version, uri = exported_file_uri(versions, precision)
+        uris = [uri]
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=registry_uri)
+        local = [mlflow.artifacts.download_artifacts(artifact_uri=u, dst_path=str(dest), tracking_uri=registry_uri)
+                 for u in uris]
     except MlflowException as exc:
-        msg = f"{_uri(version)}: cannot download its {precision} ONNX file {uri} ({exc.message})"
+        msg = f"{_uri(version)}: cannot download its {precision} export {', '.join(uris)} ({exc.message})"
         raise CheckpointError(msg) from None
-    return _uri(version), Path(local)
+    return _uri(version), Path(local[0])

@@ -22,9 +22,10 @@ resolution, by default; ``(H, W)``, the image's own size, with ``map_size=input`
 
 Backends (``model_config["backend"]``): ``torch`` (default) rebuilds the network from the checkpoint;
 ``onnx`` (onnxruntime) and ``openvino`` run the ONNX file ``memseg export --register`` attached to the
-registered version this model was loaded from (``model_config["precision"]``: ``fp32``, the default,
-or ``int8`` when the version's INT8 file passed the accuracy gate), and import no torch: this module
-imports torch only inside the torch backend's loader. docs/export.md, "The pyfunc".
+registered version this model was loaded from (``openvino`` its OpenVINO IR when ``memseg export
+--openvino`` wrote one). ``model_config["precision"]``: ``fp32`` (default), or ``int8`` when the
+version's INT8 file passed the accuracy gate. They import no torch: this module imports torch only
+inside the torch backend's loader. docs/export.md, "The pyfunc".
 
 Limits: an image over ``max_pixels`` pixels (``model_config``, else ``$MEMSEG_MAX_PIXELS``, else
 :data:`DEFAULT_MAX_PIXELS`) is refused; a PNG or JPEG before its pixels are decoded. A bad request
@@ -258,7 +259,7 @@ def _exported_graph(checkpoint: str, backend: str, precision: str, threads: int 
     that the torch backend does not need. The downloaded file is not kept: the runtime holds the graph.
     """
     with tempfile.TemporaryDirectory(prefix="memseg-pyfunc-onnx-") as tmp:
-        uri, path = download_exported_file(checkpoint, precision, Path(tmp))
+        uri, path = download_exported_file(checkpoint, precision, Path(tmp), prefer_ir=backend == "openvino")
         try:
             if backend == "onnx":
                 from memseg.export.runtime import OnnxAnomalyModel  # noqa: PLC0415  # optional dependency, see above

@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend", choices=("torch", "onnx", "openvino"), default="torch",
         help="torch (default), onnx (onnxruntime) or openvino, both on the CPU: they run --checkpoint if it is an "
-        ".onnx file from `memseg export` (fp32 or INT8), else the checkpoint is exported first (same files; see "
-        "docs/export.md)",
+        ".onnx file from `memseg export` (fp32 or INT8; openvino also its .xml IR), else the checkpoint is "
+        "exported first (same files; see docs/export.md)",
     )
     parser.add_argument(
         "--panels", action="store_true",
@@ -141,7 +141,7 @@ def _onnx_model(args: argparse.Namespace) -> tuple[OnnxBackedModel, MemSegConfig
     from memseg.export.torch_adapter import OnnxBackedModel
     from memseg.inference import load_checkpoint
 
-    if args.checkpoint.endswith(".onnx"):
+    if args.checkpoint.endswith((".onnx", ".xml")):  # .xml: OpenVINO IR from `memseg export --openvino`
         runtime = _open_graph(args.backend, args.checkpoint, args.threads)
     else:
         with checkpoint_file(args) as (checkpoint, label), tempfile.TemporaryDirectory(prefix="memseg-onnx-") as tmp:

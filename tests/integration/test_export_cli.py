@@ -51,26 +51,31 @@ def test_export_with_int8_then_predict_with_onnx_or_openvino_writes_what_torch_w
 ) -> None:
     out = tmp_path / "export"
     code = main(["export", "--checkpoint", str(trained), "--out", str(out), "--int8", "--margin", TEST_MARGIN,
-                 "--calibration-images", "16", "--test"])
+                 "--calibration-images", "16", "--test", "--openvino"])
     printed = capsys.readouterr().out
     assert code == 0
     assert (out / "model_fp32.onnx").is_file()
     assert "INT8 accepted" in printed and (out / "model_int8.onnx").is_file()
+    # --openvino: IR copies, the INT8 one behind its own gate
+    assert "OpenVINO IR INT8 accepted" in printed
+    assert {p.name for p in out.glob("*.xml")} == {"model_fp32.xml", "model_int8.xml"}
+    assert {p.name for p in out.glob("*.bin")} == {"model_fp32.bin", "model_int8.bin"}
     assert '"test_int8_pixel_auroc"' in printed  # test figures reported beside the decision
 
     images = synthetic_root / "carpet" / "test"
     by_backend = {}
-    for backend, checkpoint in (("torch", str(trained)), ("onnx", str(out / "model_fp32.onnx")),
-                                ("openvino", str(out / "model_fp32.onnx"))):
-        dest = tmp_path / backend
-        code = main(["predict", "--checkpoint", checkpoint, "--backend", backend, "--device", "cpu",
+    runs = {"torch": ("torch", trained), "onnx": ("onnx", out / "model_fp32.onnx"),
+            "openvino": ("openvino", out / "model_fp32.onnx"), "openvino_ir": ("openvino", out / "model_fp32.xml")}
+    for name, (backend, checkpoint) in runs.items():
+        dest = tmp_path / name
+        code = main(["predict", "--checkpoint", str(checkpoint), "--backend", backend, "--device", "cpu",
                      str(images), "--out", str(dest)])
         assert code == 0, capsys.readouterr().err
-        by_backend[backend] = dest
+        by_backend[name] = dest
     torch_files = sorted(p.name for p in by_backend["torch"].iterdir())
     assert any(name.endswith("_map.png") for name in torch_files)
     torch_scores = _scores(by_backend["torch"])
-    for backend in ("onnx", "openvino"):
+    for backend in ("onnx", "openvino", "openvino_ir"):
         assert torch_files == sorted(p.name for p in by_backend[backend].iterdir()), backend
         scores = _scores(by_backend[backend])
         assert torch_scores.keys() == scores.keys()

@@ -1,7 +1,7 @@
 """The registered pyfunc running its version's exported file: ``model_config={"backend": "onnx" | "openvino"}``.
 
 A briefly trained 64 px model is registered in a real ``mlflow server``, exported with
-``memseg export --int8 --register``, and loaded with each backend: the exported graph's scores and
+``memseg export --int8 --openvino --register``, and loaded with each backend: the exported graph's scores and
 maps equal the torch backend's within 1e-4, and in a fresh process the ONNX and OpenVINO backends
 predict without torch ever being imported. A version that was never exported, an unknown backend
 and INT8 on the torch backend are refused naming what to do.
@@ -54,10 +54,13 @@ def exported(
     with registered_champion(mlflow_server.uri, trained / "best_model.pt", NAME, "memseg-pyfunc-export-test"):
         code = main(["export", "--checkpoint", f"models:/{NAME}@champion", "--out",
                      str(tmp_path_factory.mktemp("export")), "--int8", "--margin", TEST_MARGIN,
-                     "--calibration-images", "4", "--tracking-uri", mlflow_server.uri, "--register"])
+                     "--calibration-images", "4", "--tracking-uri", mlflow_server.uri, "--register", "--openvino"])
         assert code == 0
         tags = mlflow.MlflowClient(mlflow_server.uri).get_model_version(NAME, "1").tags
         assert tags["int8_gate"] == "passed" and "onnx_int8" in tags, tags
+        # the openvino backend runs these IR files (their .bin logged beside), the onnx backend the .onnx
+        assert tags["openvino_fp32"].endswith("/export/version-1/model_fp32.xml"), tags
+        assert tags["openvino_int8"].endswith("/export/version-1/model_int8.xml"), tags
         yield f"models:/{NAME}@champion"
 
 
