@@ -14,6 +14,7 @@ import torch
 from memseg.errors import CheckpointError, ConfigError
 from memseg.export.metadata import stored_config
 from memseg.export.onnx_graph import export_onnx
+from memseg.export.openvino_runtime import OpenVinoAnomalyModel, save_ir
 from memseg.export.release import export_checkpoint
 from memseg.export.runtime import OnnxAnomalyModel
 from memseg.inference import load_checkpoint
@@ -108,3 +109,29 @@ def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:
         OnnxAnomalyModel(bad)
     with pytest.raises(CheckpointError, match=r"missing\.onnx: ONNX file not found"):
         OnnxAnomalyModel(tmp_path / "missing.onnx")
+
+
+def test_openvino_runs_the_onnx_file_and_its_ir_like_torch_with_the_config(
+    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
+) -> None:
+    run, onnx_file = exported
+    model, cfg = load_checkpoint(run)
+    with torch.no_grad():
+        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
+    xml = save_ir(onnx_file, tmp_path / "model_fp32.xml")
+    assert xml.with_suffix(".bin").is_file()
+    for path in (onnx_file, xml):
+        graph = OpenVinoAnomalyModel(path, threads=1)
+        assert graph.config == cfg and graph.precision == "fp32" and graph.fixed_batch is None
+        np.testing.assert_allclose(graph.predict_maps(images, 2), expected, atol=MAP_TOLERANCE, rtol=0)
+
+
+def test_openvino_refuses_what_is_not_a_memseg_export_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(CheckpointError, match=r"model\.onnx: not an ONNX file"):
+        OpenVinoAnomalyModel(bad)
+    with pytest.raises(CheckpointError, match=r"missing\.xml: IR file not found"):
+        OpenVinoAnomalyModel(tmp_path / "missing.xml")
+    with pytest.raises(CheckpointError, match=r"model\.onnx: not an ONNX file"):
+        save_ir(bad, tmp_path / "model.xml")
