@@ -137,6 +137,7 @@ class ScaleSettings:
         baseline: also run bare Tune, per size.
         project_step_s: seconds per step for the paper-sweep projection.
         workdir: where data, storage, logs and the MLflow store go (None: a temporary folder, removed).
+        heatmaps: heat maps per checkpoint (``eval.heatmap_samples``; None: the paper spec's).
     """
 
     sizes: tuple[ScaleSize, ...]
@@ -148,6 +149,7 @@ class ScaleSettings:
     baseline: bool = True
     project_step_s: float = H200_STEP_S
     workdir: str | None = None
+    heatmaps: int | None = None
 
 
 def scale_spec(size: ScaleSize, settings: ScaleSettings, root: Path) -> SweepSpec:
@@ -181,6 +183,7 @@ def scale_spec(size: ScaleSize, settings: ScaleSettings, root: Path) -> SweepSpe
         "budget.measure_trials_on_test": False,
         "storage.path": str(root / "storage"),
         "cluster.status_interval_s": 30,
+        **({"base.eval.heatmap_samples": settings.heatmaps} if settings.heatmaps is not None else {}),
     })
 
 
