@@ -151,6 +151,19 @@ class ScaleSettings:
     workdir: str | None = None
     heatmaps: int | None = None
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "--steps: must be >= 1"),
+            (1 <= self.eval_interval <= self.steps, "--eval-interval: must be between 1 and --steps"),
+            (self.step_seconds > 0, "--step-seconds: must be > 0"),
+            (self.max_concurrent >= 1, "--max-concurrent: must be >= 1"),
+            (self.project_step_s > 0, "--project-step-s: must be > 0"),
+            (self.heatmaps is None or 0 <= self.heatmaps <= 64, "--heatmaps: must be between 0 and 64"),
+        ]
+        wrong = [message for ok, message in checks if not ok]
+        if wrong:
+            raise ConfigError("; ".join(wrong))
+
 
 def scale_spec(size: ScaleSize, settings: ScaleSettings, root: Path) -> SweepSpec:
     """``paper.yaml`` shrunk to ``size``: its first categories, short trials on small generated data, CPU-only

@@ -34,6 +34,16 @@ def test_parse_size() -> None:
             parse_size(bad)
 
 
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [({"steps": 0}, "--steps"), ({"eval_interval": 20}, "--eval-interval"), ({"step_seconds": 0.0}, "--step-seconds"),
+     ({"heatmaps": -1}, "--heatmaps")],
+)
+def test_bad_settings_name_the_flag(changes: dict[str, float], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        ScaleSettings(sizes=(), **changes)  # type: ignore[arg-type]
+
+
 def test_spec_is_paper_shrunk(tmp_path: Path) -> None:
     spec = scale_spec(ScaleSize(3, 16, 5), ScaleSettings(sizes=(), steps=12, eval_interval=2), tmp_path)
     assert spec.categories == ["carpet", "grid", "leather"]
