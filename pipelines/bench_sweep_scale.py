@@ -294,11 +294,26 @@ def start_sim_cluster(slots: int, log: Log) -> SimCluster:
                                                       start_new_session=True))
             if i == 0:
                 _wait_port(port, cluster.procs[0], node_log)
+            # One node at a time: several raylets registering at once on 2 cores time out in Ray's start-up.
+            _wait_node_started(cluster.procs[-1], node_log)
         _wait_resources(cluster, len(nodes))
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+NODE_STARTED = "block forever"  # what `ray start --block` prints once its node is up
+
+
+def _wait_node_started(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while NODE_STARTED not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a Ray node did not start within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 def _wait_resources(cluster: SimCluster, nodes: int, timeout_s: float = 300.0) -> None:
