@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CHATTY_LOGGERS = ("onnx_ir", "onnxscript")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        # The ONNX exporter's graph passes log every rewrite at INFO (hundreds of lines per export).
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
