@@ -577,6 +577,7 @@ class Invocation:
     last_step: int
     ended: bool = False
     replay: bool = False
+    persisted_step: int = 0  # the last step whose checkpoint ``tune.report`` had stored
 
 
 def read_invocations(events_dir: Path) -> dict[str, list[Invocation]]:
@@ -595,6 +596,8 @@ def read_invocations(events_dir: Path) -> dict[str, list[Invocation]]:
                 runs.append(Invocation(trial_id, t, -1, t, -1, ended=True, replay=True))
             elif ev["event"] == "start":
                 runs.append(Invocation(trial_id, t, int(ev["step"]), t, int(ev["step"])))
+            elif runs and ev["event"] == "persisted":
+                runs[-1].persisted_step = int(ev["step"])
             elif runs:
                 runs[-1].last, runs[-1].last_step = t, int(ev["step"])
                 runs[-1].ended = runs[-1].ended or ev["event"] == "end"
@@ -822,8 +825,9 @@ def crash_figures(tune: Sequence[TuneTrial], mlflow: Mapping[tuple[str, str], Se
 
     * lost: trials a category should have (``trials_per_category``) that Tune did not end, plus trials
       whose MLflow run is missing, still RUNNING, or lacks a step Tune recorded;
-    * rerun: trials that trained again from step 0 after a checkpoint of theirs had been reported, or
-      trained again after they had ended (a replay from a pruned checkpoint does not train);
+    * rerun: trials that trained again from step 0 after a checkpoint of theirs had been stored (its
+      ``tune.report`` had returned; a report cut by the kill stored nothing), or trained again after
+      they had ended (a replay from a pruned checkpoint does not train);
     * duplicated: trials Tune holds beyond ``trials_per_category`` plus MLflow runs beyond one per trial.
     """
     check = tracking_check(tune, mlflow)
@@ -840,7 +844,7 @@ def crash_figures(tune: Sequence[TuneTrial], mlflow: Mapping[tuple[str, str], Se
         again = False
         for i, r in enumerate(worked[1:], start=1):
             before = worked[:i]
-            reported = max(b.last_step for b in before)
+            reported = max(b.persisted_step for b in before)
             if (r.start_step == 0 and reported > 0) or any(b.ended for b in before):
                 again = True
             steps_redone += max(0, reported - r.start_step)

@@ -20,7 +20,8 @@ What a simulated trial does, to look like a real one to everything that watches 
   checkpoint=...)``, so the MLflow callback logs the heat maps and storage pruning slims it.
 * A restored trial continues from its checkpoint's step (``sim_state.json``), and a trial whose
   checkpoint was pruned ends the way it ended (:func:`sweeps.trainable.end_as_before`), as the real one.
-* With an events folder set, each trial process appends JSON lines (start, every report, end) to
+* With an events folder set, each trial process appends JSON lines (start, every report before and
+  after ``tune.report``, end) to
   ``<events>/<trial id>.jsonl`` with the wall clock: the bench's timeline of busy slots, kept by the
   trials themselves so it survives a ``kill -9`` of the driver.
 """
@@ -215,5 +216,6 @@ def run_simulated_trial(config: Mapping[str, object], sim: SimulatedTrial) -> No
             # Before the report: a trial ASHA stops on this result is ended inside tune.report.
             _event(sim, trial_id, "report", step=step)
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            _event(sim, trial_id, "persisted", step=step)  # the checkpoint is on storage
             previous = folder
     _event(sim, trial_id, "end", step=step)

@@ -62,10 +62,10 @@ def _write(folder: Path, trial: str, events: list[dict[str, object]]) -> None:
 
 def test_timeline_busy_utilisation_and_tails(tmp_path: Path) -> None:
     _write(tmp_path, "a", [{"event": "start", "t": 10.0, "step": 0}, {"event": "report", "t": 14.0, "step": 2},
-                           {"event": "end", "t": 14.0, "step": 2}])
+                           {"event": "persisted", "t": 14.5, "step": 2}, {"event": "end", "t": 14.0, "step": 2}])
     _write(tmp_path, "b", [{"event": "start", "t": 12.0, "step": 0}, {"event": "report", "t": 20.0, "step": 2}])
     runs = read_invocations(tmp_path)  # the cut last line is skipped
-    assert [r.ended for r in runs["a"]] == [True]
+    assert [(r.ended, r.persisted_step) for r in runs["a"]] == [(True, 2)]
     fig = timeline_figures(runs, started=0.0, slots=2, trials=2, full_trial_s=8.0)
     assert fig["busy_slot_s"] == 12.0
     assert fig["wall_s"] == 20.0
@@ -109,9 +109,11 @@ def test_crash_figures() -> None:
     mlflow = {(t.category, t.trial_id): [TrialRun(t.trial_id, "FINISHED", (2, 4))] for t in tune}
     invocations = {
         # resumed from its checkpoint at step 2 after the kill: neither lost nor rerun
-        "a": [Invocation("a", 1.0, 0, 5.0, 2), Invocation("a", 20.0, 2, 30.0, 4, ended=True)],
-        # restarted from 0 although it had reported step 4: rerun
-        "b": [Invocation("b", 1.0, 0, 5.0, 4), Invocation("b", 20.0, 0, 30.0, 4, ended=True)],
+        "a": [Invocation("a", 1.0, 0, 5.0, 2, persisted_step=2), Invocation("a", 20.0, 2, 30.0, 4, ended=True)],
+        # restarted from 0 although its checkpoint of step 4 was stored: rerun
+        "b": [Invocation("b", 1.0, 0, 5.0, 4, persisted_step=4), Invocation("b", 20.0, 0, 30.0, 4, ended=True)],
+        # its first report was cut by the kill (nothing stored): starting from 0 again is no rerun
+        "d": [Invocation("d", 1.0, 0, 5.0, 2), Invocation("d", 20.0, 0, 30.0, 4, ended=True)],
         # ended before, replayed from its pruned checkpoint: not rerun
         "c": [Invocation("c", 1.0, 0, 5.0, 4, ended=True), Invocation("c", 20.0, -1, 20.0, -1, True, True)],
     }
@@ -119,7 +121,7 @@ def test_crash_figures() -> None:
     assert fig["trials_lost"] == 1  # c never ended in Tune's records
     assert fig["trials_rerun"] == 1
     assert fig["trials_duplicated"] == 0
-    assert fig["trials_resumed_after_kill"] == 2
+    assert fig["trials_resumed_after_kill"] == 3
     assert fig["steps_redone"] == 4
     more = [*tune, _tune("d"), _tune("e")]
     mlflow |= {(t.category, t.trial_id): [TrialRun(t.trial_id, "FINISHED", (2, 4))] for t in more}
