@@ -86,7 +86,7 @@ def test_int8_calibrated_on_one_black_image_is_refused_and_a_normal_calibration_
     assert OnnxAnomalyModel(tmp_path / "normal.onnx").precision == "int8"
 
 
-def test_the_extractor_logits_and_blur_stay_float32(fp32_file: Path, tmp_path: Path) -> None:
+def test_the_extractor_late_decoder_logits_and_blur_stay_float32(fp32_file: Path, tmp_path: Path) -> None:
     cfg = stored_config(fp32_file)
     int8_file = quantize_int8(fp32_file, tmp_path / "int8.onnx", calibration_images(cfg, 2))
     graph = onnx.load_model(str(int8_file))
@@ -96,3 +96,11 @@ def test_the_extractor_logits_and_blur_stay_float32(fp32_file: Path, tmp_path: P
     assert kept and len(kept) < len(convs)
     for conv in convs:
         assert (conv.input[0] in quantised_inputs) is (conv.name not in kept), conv.name
+    scopes = {n.name: next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes") for n in convs}
+    in_fp32 = ("'model.extractor'", "'model.decoder.up3'", "'model.decoder.db3'", "'model.decoder.up5'",
+               "'model.decoder.db5'", "'model.decoder.final'", "'model.smoothing'")
+    in_int8 = ("'model.encoder'", "'model.msff'", "'model.decoder.up1'", "'model.decoder.db2'")
+    for module in in_fp32 + in_int8:
+        names = [name for name, scope in scopes.items() if module in scope]
+        assert names, f"no Conv under {module}"
+        assert all((name in kept) is (module in in_fp32) for name in names), module
