@@ -43,8 +43,6 @@ import json
 import logging
 import math
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -66,13 +64,13 @@ from memseg.errors import ConfigError
 from pipelines import schema, sweep_stage, tracking
 from sweeps.bench_scale_baseline import BaselineSettings
 from sweeps.dataset import ensure_dataset, preflight_dataset
+from sweeps.local_cluster import HOST, LocalRayCluster, NodeSpec, free_port, start_local_cluster, stop_process_group
 from sweeps.simulated_trial import SimulatedTrial, simulated_factory
 from sweeps.spec import SweepSpec, load_sweep_spec
 from sweeps.status import classify
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 GPUS_PER_NODE = 8
 CPUS_PER_NODE = 16
 OBJECT_STORE_MB = 100
@@ -203,134 +201,19 @@ def scale_spec(size: ScaleSize, settings: ScaleSettings, root: Path) -> SweepSpe
 # --- the simulated cluster ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class SimCluster:
-    """Ray nodes on this machine, each its own ``ray start --block`` process group (stopped by this object only)."""
-
-    address: str
-    temp_dir: Path
-    env: dict[str, str]
-    gpus: int
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop_group(proc)
-        self.procs.clear()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the node's raylet, GCS and workers share its process group
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            s.settimeout(1)
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the Ray head did not open port {port} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def start_sim_cluster(slots: int, log: Log) -> SimCluster:
+def start_sim_cluster(slots: int, log: Log) -> LocalRayCluster:
     """A CPU-only head plus ``ceil(slots / 8)`` worker nodes declaring ``slots`` GPUs in all.
 
     Raises:
         RuntimeError: a node did not come up (with the tail of its log).
     """
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    temp_dir = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    port = free_port()
-    address = f"{HOST}:{port}"
-    env = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    cluster = SimCluster(address, temp_dir, env, gpus=slots)
-    proc_env = {**os.environ, **env}
-    proc_env.pop("RAY_ADDRESS")  # `ray start --head` must not join another cluster
-    common = ["--block", "--node-ip-address", HOST, f"--object-store-memory={OBJECT_STORE_MB * 2**20}",
-              "--disable-usage-stats"]
+    nodes = [NodeSpec(cpus=1)]
     gpus_left = slots
-    nodes = [(1, 0)]
     while gpus_left > 0:
-        nodes.append((CPUS_PER_NODE, min(GPUS_PER_NODE, gpus_left)))
+        nodes.append(NodeSpec(cpus=CPUS_PER_NODE, gpus=min(GPUS_PER_NODE, gpus_left)))
         gpus_left -= GPUS_PER_NODE
     log(f"cluster: head + {len(nodes) - 1} worker node(s), {slots} simulated GPUs")
-    try:
-        for i, (cpus, gpus) in enumerate(nodes):
-            node_log = temp_dir / f"node{i}.log"
-            if i == 0:
-                args = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
-                        "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
-            else:
-                args = [ray_bin, "start", f"--address={address}"]
-            args += [f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--dashboard-agent-listen-port={free_port()}",
-                     *common]
-            with node_log.open("w") as out:
-                cluster.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=proc_env,
-                                                      start_new_session=True))
-            if i == 0:
-                _wait_port(port, cluster.procs[0], node_log)
-            # One node at a time: several raylets registering at once on 2 cores time out in Ray's start-up.
-            _wait_node_started(cluster.procs[-1], node_log)
-        _wait_resources(cluster, len(nodes))
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
-
-
-NODE_STARTED = "block forever"  # what `ray start --block` prints once its node is up
-
-
-def _wait_node_started(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while NODE_STARTED not in log.read_text(errors="replace"):
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"a Ray node did not start within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _wait_resources(cluster: SimCluster, nodes: int, timeout_s: float = 300.0) -> None:
-    code = ("import ray, json; ray.init(log_to_driver=False); "
-            "print(json.dumps([sum(n['Alive'] for n in ray.nodes()), ray.cluster_resources().get('GPU', 0)]))")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.env}, capture_output=True,
-                             text=True, timeout=180)
-        if out.returncode == 0:
-            alive, gpus = json.loads(out.stdout.strip().splitlines()[-1])
-            if alive >= nodes and gpus >= cluster.gpus:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the simulated cluster did not come up ({nodes} nodes, {cluster.gpus} GPUs):\n"
-                               f"{out.stderr[-2000:]}")
-        time.sleep(2)
+    return start_local_cluster(nodes, object_store_mb=OBJECT_STORE_MB, temp_prefix="rs")
 
 
 # --- MLflow server and its timing proxy ---------------------------------------------------------------
@@ -345,7 +228,7 @@ class MlflowServer:
     log: Path
 
     def stop(self) -> None:
-        _stop_group(self.proc, grace_s=20.0)
+        stop_process_group(self.proc, grace_s=20.0)
 
 
 def start_mlflow_server(root: Path) -> MlflowServer:
@@ -760,7 +643,7 @@ class SizeContext:
     size: ScaleSize
     settings: ScaleSettings
     root: Path
-    cluster: SimCluster
+    cluster: LocalRayCluster
     spec_path: Path
     spec: SweepSpec
     server: MlflowServer | None = None
@@ -939,7 +822,7 @@ def projection(ours: Mapping[str, object], base: Mapping[str, object] | None, st
 
 
 @contextmanager
-def _cluster(slots: int, log: Log) -> Iterator[SimCluster]:
+def _cluster(slots: int, log: Log) -> Iterator[LocalRayCluster]:
     cluster = start_sim_cluster(slots, log)
     try:
         yield cluster

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,17 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.local_cluster import LocalRayCluster, NodeSpec, ray_executable, start_local_cluster
 from tests.helpers.mlflow_auth_server import ADMIN_USER, MlflowAuthServer
-from tests.helpers.ray_cluster import HOST, LocalRayCluster, _stop_process_group, _wait_port, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.postgres, pytest.mark.slow]
 
 JOB_TIMEOUT_S = 1500.0
 SWEEPS_USER, SWEEPS_PASSWORD = "sweeps", "sweeps-test-pw-123"
-
-
-def _ray_bin() -> str:
-    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
 
 def start_jobs_cluster(worker_cpus: tuple[int, ...] = (1, 1)) -> tuple[LocalRayCluster, str]:
@@ -42,64 +36,12 @@ def start_jobs_cluster(worker_cpus: tuple[int, ...] = (1, 1)) -> tuple[LocalRayC
     Returns:
         The cluster handle and the Jobs API address ``http://127.0.0.1:<port>``.
     """
-    temp_dir = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths are limited
-    port, dash_port = free_port(), free_port()
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
-    cluster = LocalRayCluster(
-        address=f"{HOST}:{port}", temp_dir=temp_dir, env={**env, "RAY_ADDRESS": f"{HOST}:{port}"},
-        node_cpus=[0, *worker_cpus],
-    )
     # The nodes get neither MLflow variables nor RAY_ADDRESS: only the job's runtime_env may supply them.
-    proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    proc_env.update(env)
-    common = ["--block", "--node-ip-address", HOST, f"--object-store-memory={200 * 1024 * 1024}",
-              "--disable-usage-stats"]  # fmt: skip
-    try:
-        for i, cpus in enumerate(cluster.node_cpus):
-            if i == 0:
-                args = [_ray_bin(), "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
-                        "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={dash_port}",
-                        f"--ray-client-server-port={free_port()}"]  # fmt: skip
-            else:
-                args = [_ray_bin(), "start", f"--address={cluster.address}"]
-            # Ray gives a starting node 30 s (hard-coded) to register; on a loaded CI machine a node can
-            # miss it, so a node that exits during startup is started again (3 tries), one at a time.
-            for attempt in range(3):
-                log = temp_dir / f"node{i}-{attempt}.log"
-                node_args = [*args, f"--num-cpus={cpus}", "--num-gpus=0",
-                             f"--dashboard-agent-listen-port={free_port()}", *common]  # fmt: skip
-                with log.open("w") as out:
-                    proc = subprocess.Popen(node_args, stdout=out, stderr=subprocess.STDOUT, env=proc_env,
-                                            start_new_session=True)  # fmt: skip
-                if i == 0:
-                    cluster.procs.append(proc)
-                    _wait_port(port, proc, log)
-                    _wait_port(dash_port, proc, log, timeout_s=180)
-                    break
-                if _wait_nodes(cluster, i + 1, proc):
-                    cluster.procs.append(proc)
-                    break
-                _stop_process_group(proc, grace_s=5)
-            else:
-                tails = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(temp_dir.glob("node*.log")))
-                raise RuntimeError(f"Ray worker node {i} did not come up in 3 tries\n{tails}")
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster, f"http://{HOST}:{dash_port}"
-
-
-def _wait_nodes(cluster: LocalRayCluster, expected: int, proc: subprocess.Popen, timeout_s: float = 300.0) -> bool:
-    """True once ``expected`` nodes are alive; False if ``proc`` (the node starting) exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if cluster.alive_nodes() >= expected:
-            return True
-        time.sleep(3)
-    return False
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    cluster = start_local_cluster([NodeSpec(0), *(NodeSpec(c) for c in worker_cpus)], object_store_mb=200,
+                                  dashboard=True, node_env=node_env, temp_prefix="rj")
+    assert cluster.dashboard_url is not None
+    return cluster, cluster.dashboard_url
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +113,7 @@ def test_smoke_sweep_through_ray_job_submit(
     submit_env.update({k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"})
     job_id = f"smoke-{sweep_id}"
     submit = subprocess.run(
-        [_ray_bin(), "job", "submit", "--address", jobs_address, "--submission-id", job_id, "--no-wait",
+        [ray_executable(), "job", "submit", "--address", jobs_address, "--submission-id", job_id, "--no-wait",
          "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
         env=submit_env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
