@@ -52,6 +52,15 @@ def test_export_stores_the_config(exported: tuple[Path, Path]) -> None:
     assert OnnxAnomalyModel(onnx_file).image_size == 64
 
 
+# Runs ``script`` in a fresh interpreter. The OpenVINO tests use it too: OpenVINO's native thread pools,
+# loaded into the pytest process next to torch's, made a later fork of that process die of SIGSEGV.
+def _in_child(script: str) -> str:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_runtime_runs_in_a_process_where_torch_cannot_be_imported(
     exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
 ) -> None:
@@ -60,7 +69,7 @@ def test_runtime_runs_in_a_process_where_torch_cannot_be_imported(
     with torch.no_grad():
         expected = model.anomaly_map(torch.from_numpy(images)).numpy()
     np.save(tmp_path / "images.npy", images)
-    script = textwrap.dedent(f"""
+    _in_child(f"""
         import sys
         sys.modules["torch"] = None  # any import of torch now raises ImportError
         import numpy as np
@@ -69,8 +78,6 @@ def test_runtime_runs_in_a_process_where_torch_cannot_be_imported(
         np.save({str(tmp_path / "maps.npy")!r}, maps)
         assert not any(name == "torch" or name.startswith("torch.") for name, m in sys.modules.items() if m)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), expected, atol=MAP_TOLERANCE, rtol=0)
 
 
@@ -108,15 +115,6 @@ def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:
         OnnxAnomalyModel(bad)
     with pytest.raises(CheckpointError, match=r"missing\.onnx: ONNX file not found"):
         OnnxAnomalyModel(tmp_path / "missing.onnx")
-
-
-# OpenVINO runs in a child process: its native thread pools, loaded into the pytest process next to
-# torch's, made a later fork of that process (any test's subprocess.run) die of SIGSEGV.
-def _in_child(script: str) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def test_openvino_runs_the_onnx_file_and_its_ir_like_torch_with_the_config(
