@@ -16,6 +16,9 @@ Two pictures:
   upscaled (nearest neighbour, by a whole factor) to at least :data:`MIN_TILE_PX` per tile; large ones
   are shrunk (area) to at most :data:`MAX_TILE_PX`.
 
+:func:`stack_panels` puts several panels under one another, so a set of them travels as one picture
+(one MLflow image per evaluation instead of one per panel).
+
 Pure numpy + OpenCV; text is drawn with ``cv2.putText``.
 """
 
@@ -217,6 +220,25 @@ def panel(image: np.ndarray, mask: np.ndarray | None, anomaly_map: np.ndarray) -
     footer = np.full((FOOTER_PX, body.shape[1], 3), _BACKGROUND, dtype=np.uint8)
     _text(footer, scale_note(scale), 6, FOOTER_PX - 8, 0.45)
     return np.concatenate([body, footer], axis=0)
+
+
+def stack_panels(panels: list[np.ndarray]) -> np.ndarray:
+    """RGB pictures under one another, left-aligned on white, :data:`SEPARATOR_PX` apart.
+
+    Raises:
+        ValueError: no picture given.
+    """
+    if not panels:
+        raise ValueError("stack_panels: no picture to stack")
+    width = max(p.shape[1] for p in panels)
+    rows: list[np.ndarray] = []
+    for i, picture in enumerate(panels):
+        if i:
+            rows.append(np.full((SEPARATOR_PX, width, 3), _BACKGROUND, dtype=np.uint8))
+        padded = np.full((picture.shape[0], width, 3), _BACKGROUND, dtype=np.uint8)
+        padded[:, : picture.shape[1]] = _rgb(picture)
+        rows.append(padded)
+    return np.concatenate(rows, axis=0)
 
 
 def scale_note(value_range: tuple[float, float]) -> str:

@@ -158,6 +158,9 @@ TAG_BACKBONE_WEIGHTS = "backbone_weights"
 TAG_SELECTION_METRIC = "selection_metric"
 # Test-split heat-map panels logged on the winner's trial run at registration, shown by the report.
 HEATMAP_DIR = "test_heatmaps"
+# The MLflow image key of a trial's validation panels (one stacked picture per evaluation that improved
+# the trial's best; docs/report.md, "Heat-map panels").
+HEATMAP_IMAGE_KEY = "heatmaps"
 
 # The figures registration records (``val_``/``test_`` prefixed) and the gate compares (unprefixed).
 REPORTED_METRICS = (keys.IMAGE_AUROC, keys.PIXEL_AUROC, keys.PIXEL_AUPRO, keys.IMAGE_F1_MAX, keys.PIXEL_F1_MAX)

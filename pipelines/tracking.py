@@ -8,8 +8,10 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
 * one child run per trial (``mlflow.parentRunId``) created when the trial first starts, with the
   resolved training config as params under stable dotted names (``MemSegConfig.flatten()``) and
   tags ``sweep_id``, ``category``, ``trial_id``, ``git_commit``, ``dataset_fingerprint``;
-* metrics per evaluation (``step`` = training step), heat-map overlays from the reported
-  checkpoint's ``heatmaps/`` folder as step-indexed images;
+* metrics per evaluation (``step`` = training step); the reported checkpoint's ``heatmaps/`` panels,
+  stacked into one step-indexed image (key ``heatmaps``), at each evaluation that improved the trial's
+  best (a sweep's driver logs thousands of checkpoints; one picture of each improvement keeps the
+  maps of the chosen checkpoint and their evolution at a fraction of the uploads);
 * a final status that is always FINISHED (step budget reached, or pruned: stopped early by ASHA or
   the time budget, a normal outcome shown by the run name's `` (pruned)`` suffix and found with
   :data:`~pipelines.schema.PRUNED_FILTER`) or FAILED (errored after its retries) - never RUNNING;
@@ -75,8 +77,10 @@ from ray.tune.experiment import Trial
 from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
 from memseg.metrics.rank_correlation import MIN_TRIALS, RankCorrelation
+from memseg.visualize import stack_panels
 from pipelines import provenance, schema
 from pipelines.schema import (
+    HEATMAP_IMAGE_KEY,
     ROLE_PARENT,
     ROLE_TRIAL,
     TAG_BEST_RUN,
@@ -576,6 +580,7 @@ class MlflowTrialCallback(Callback):
         self._client_obj: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._nodes: dict[str, str] = {}
+        self._best_shown: dict[str, float] = {}
         self._writer_obj: _Writer | None = None
 
     def __getstate__(self) -> dict[str, object]:
@@ -583,6 +588,7 @@ class MlflowTrialCallback(Callback):
         state["_client_obj"] = None
         state["_runs"] = {}  # rebuilt from MLflow by tag
         state["_nodes"] = {}
+        state["_best_shown"] = {}
         state["_writer_obj"] = None
         return state
 
@@ -678,15 +684,30 @@ class MlflowTrialCallback(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
     ) -> None:
-        step = (trial.last_result or {}).get("step")
+        result = trial.last_result or {}
+        if not self._improved(trial.trial_id, result):
+            return
+        step = result.get("step")
         at = int(step) if step is not None else 0
 
         def write() -> None:
-            run_id = self.run_for(trial)
-            for name, image in read_heatmaps(checkpoint):
-                self._client.log_image(run_id, image, key=f"heatmap_{name}", step=at)
+            panels = [image for _, image in read_heatmaps(checkpoint)]
+            if panels:
+                self._client.log_image(self.run_for(trial), stack_panels(panels), key=HEATMAP_IMAGE_KEY, step=at)
 
         self._submit(trial, write)
+
+    def _improved(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        """Whether this result's evaluation is a new best of its trial (the trainer's rule: strictly
+        better; a tie keeps the earlier). After a driver restart the first checkpoint counts as new."""
+        # self.metric is Tune's ``best_<selection metric>`` (sweeps.driver.tune_metric).
+        value, best = result.get(self.metric.removeprefix("best_")), result.get(self.metric)
+        if not isinstance(value, (int, float)) or not isinstance(best, (int, float)) or value != best:
+            return False  # NaN never equals anything
+        if best <= self._best_shown.get(trial_id, -math.inf):
+            return False
+        self._best_shown[trial_id] = float(best)
+        return True
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tags = {TAG_FAILURES: str(trial.num_failures), TAG_ERROR: _error_text(trial)}

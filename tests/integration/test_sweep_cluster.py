@@ -146,7 +146,8 @@ def test_smoke_sweep_two_categories(ray_cluster, mlflow_server, data_root: Path,
             history = client.get_metric_history(run.info.run_id, METRIC)
             assert history and {m.step for m in history} <= {8, 16}
             pngs = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
-            assert len(pngs) >= 2 * len(history)  # eval.heatmap_samples=2 per evaluation
+            # One stacked picture per evaluation that improved the trial's best (the first always does).
+            assert 1 <= len(pngs) <= len(history), pngs
             nodes.add(run.data.tags[schema.TAG_NODE])
             scores[tid] = max(m.value for m in history)
         finished = [tid for tid, r in mine.items() if r.data.tags[schema.TAG_OUTCOME] == "finished"]

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from memseg.config import field_names
+from memseg.visualize import SEPARATOR_PX
 from pipelines import schema, tracking
 from sweeps import driver
 from sweeps.spec import load_sweep_spec
@@ -57,8 +58,10 @@ def _checkpoint(tmp_path: Path, name: str, n_images: int = 2) -> Any:
     return Checkpoint.from_directory(str(folder))
 
 
-def _report(cb: Any, trial: TrialRecord, step: int, score: float, ckpt: Any | None = None) -> None:
-    result = {"step": step, "val_pixel_auroc": score, "best_val_pixel_auroc": score, "train_loss": 1.0 / step,
+def _report(cb: Any, trial: TrialRecord, step: int, score: float, ckpt: Any | None = None,
+            best: float | None = None) -> None:
+    best = score if best is None else best
+    result = {"step": step, "val_pixel_auroc": score, "best_val_pixel_auroc": best, "train_loss": 1.0 / step,
               "lr": 0.01, "training_iteration": step // 8, "time_total_s": 1.0, "trial_id": trial.trial_id,
               "node_ip": "127.0.0.1", "done": False}
     cb.on_trial_result(0, [], trial, result)
@@ -97,6 +100,7 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     cb.on_trial_complete(0, [], finished)
 
     _report(cb, pruned, 8, 0.4, _checkpoint(tmp_path, "c3"))
+    _report(cb, pruned, 12, 0.35, _checkpoint(tmp_path, "c4"), best=0.4)  # no improvement: no picture
     pruned.status = "TERMINATED"  # stopped by ASHA before the step budget
     cb.on_trial_complete(0, [], pruned)
 
@@ -184,9 +188,17 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(8, 0.6), (16, 0.8)]
     assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
-    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-    assert len([p for p in images if p.endswith(".png")]) == 4  # 2 heat maps x 2 evaluations
-    assert any("heatmap_val_0+step+16" in p for p in images)
+    # One picture per evaluation that improved the trial's best: its panels stacked.
+    images = {int(a.path.split("+step+")[1].split("+")[0]): a.path
+              for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")}
+    assert sorted(images) == [8, 16] and all("heatmaps+step+" in p for p in images.values()), images
+    local = client.download_artifacts(run.info.run_id, images[16], str(tmp_path / "dl"))
+    stacked = cv2.imread(local)
+    assert stacked.shape == (2 * 16 + SEPARATOR_PX, 16, 3)  # the checkpoint's two 16 px panels
+    assert stacked[0, 0, 0] == 40 and stacked[-1, 0, 0] == 80
+    pruned_images = [a.path for a in client.list_artifacts(children["t_00001"].info.run_id, "images")
+                     if a.path.endswith(".png")]
+    assert len(pruned_images) == 1 and "heatmaps+step+8+" in pruned_images[0], pruned_images
 
 
 def test_dead_server_is_named(tmp_path: Path) -> None:

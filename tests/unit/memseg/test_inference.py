@@ -37,6 +37,7 @@ from memseg.visualize import (
     overlay_heatmap,
     panel,
     scale_note,
+    stack_panels,
     tile_size,
 )
 from pipelines.cli import main
@@ -248,6 +249,17 @@ def test_small_images_are_shown_at_256_px_and_large_ones_shrunk() -> None:
     assert (out.shape[1] - BAR_AREA_PX - 3 * SEPARATOR_PX) // 4 >= 256
     assert tile_size(1024, 512) == (MAX_TILE_PX, MAX_TILE_PX // 2)
     assert tile_size(300, 300) == (300, 300)
+
+
+def test_stacked_panels_are_left_aligned_on_white_and_keep_their_pixels() -> None:
+    narrow, wide = np.full((10, 20, 3), 30, np.uint8), np.full((12, 32, 3), 90, np.uint8)
+    stacked = stack_panels([narrow, wide])
+    assert stacked.shape == (10 + SEPARATOR_PX + 12, 32, 3)
+    assert (stacked[:10, :20] == 30).all() and (stacked[:10, 20:] == 255).all()  # padded on the right
+    assert (stacked[10 : 10 + SEPARATOR_PX] == 255).all()
+    assert (stacked[10 + SEPARATOR_PX :] == 90).all()
+    with pytest.raises(ValueError, match="no picture"):
+        stack_panels([])
 
 
 def test_overlay_on_a_stated_range_stretches_it() -> None:
