@@ -89,6 +89,12 @@ TRIALS: dict[str, dict[str, Any]] = {
     "nearest_opaque": {"model.memory_match": "nearest", "synthesis.transparency_min": 0.5},
     # o_scale 1 (the authors' value for cable and transistor): the head sees mostly the memory difference.
     "nearest_feature_scale_1": {"model.memory_match": "nearest", "model.feature_scale": 1.0},
+    # Large masks closed grass; a lower lr helped grass AUPRO most: whether the two gains add up.
+    "nearest_large_masks_lr_0.01": {"model.memory_match": "nearest", "synthesis.perlin_max_scale_exp": 4,
+                                    "optim.lr": 0.01},
+    # Large masks closed grass; o_scale 1 helped gravel most: whether one recipe keeps both.
+    "nearest_large_masks_feature_scale_1": {"model.memory_match": "nearest", "synthesis.perlin_max_scale_exp": 4,
+                                            "model.feature_scale": 1.0},
 }
 
 
