@@ -136,6 +136,7 @@ class ScaleSettings:
         project_step_s: seconds per step for the paper-sweep projection.
         workdir: where data, storage, logs and the MLflow store go (None: a temporary folder, removed).
         heatmaps: heat maps per checkpoint (``eval.heatmap_samples``; None: the paper spec's).
+        reuse_actors: Tune's actor reuse for ours and bare Tune alike (None: the paper spec's).
     """
 
     sizes: tuple[ScaleSize, ...]
@@ -148,6 +149,7 @@ class ScaleSettings:
     project_step_s: float = H200_STEP_S
     workdir: str | None = None
     heatmaps: int | None = None
+    reuse_actors: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -195,6 +197,7 @@ def scale_spec(size: ScaleSize, settings: ScaleSettings, root: Path) -> SweepSpe
         "storage.path": str(root / "storage"),
         "cluster.status_interval_s": 30,
         **({"base.eval.heatmap_samples": settings.heatmaps} if settings.heatmaps is not None else {}),
+        **({"cluster.reuse_actors": settings.reuse_actors} if settings.reuse_actors is not None else {}),
     })
 
 
@@ -756,6 +759,7 @@ def run_baseline(ctx: SizeContext, log: Log) -> dict[str, object]:
         max_concurrent=min(ctx.size.slots, ctx.size.categories * ctx.settings.max_concurrent),
         grace_period=min(cfg.train.steps, ctx.spec.scheduler.grace_period_evals * cfg.train.eval_interval),
         reduction_factor=ctx.spec.scheduler.reduction_factor, storage=str(folder / "storage"),
+        reuse_actors=ctx.spec.cluster.reuse_actors,
     )
     (folder / "settings.json").write_text(settings.to_json())
     log(f"{ctx.size.label} baseline: bare Tune")

@@ -40,6 +40,7 @@ class BaselineSettings:
     grace_period: int
     reduction_factor: float
     storage: str
+    reuse_actors: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -69,6 +70,7 @@ def run_baseline(settings: BaselineSettings) -> dict[str, int]:
         tune_config=tune.TuneConfig(
             num_samples=settings.trials,
             max_concurrent_trials=settings.max_concurrent,
+            reuse_actors=settings.reuse_actors,
             scheduler=ASHAScheduler(time_attr=STEP, metric=metric, mode="max", max_t=sim.steps,
                                     grace_period=settings.grace_period, reduction_factor=settings.reduction_factor),
         ),

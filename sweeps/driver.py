@@ -437,6 +437,7 @@ def build_tuner(
             max_concurrent_trials=spec.search.max_concurrent or None,
             time_budget_s=spec.budget.time_budget_s,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=spec.cluster.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=plan.experiment_name,

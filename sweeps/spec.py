@@ -148,6 +148,13 @@ class ClusterSettings(_Strict):
     parallel_categories: int = Field(
         0, ge=0, description="Category studies running at once; 0 = all of them (keeps the cluster busy)."
     )
+    reuse_actors: bool = Field(
+        False,
+        description="Start a category's next trial in the worker process of one that ended (Tune's "
+        "reuse_actors): no new Python, torch import or CUDA context per trial. Off by default: with one "
+        "Tuner per category, a Tuner keeps its idle workers and their GPUs while it has trials to come, so "
+        "the categories run in waves (docs/performance.md, \"Sweep at scale (simulated)\").",
+    )
     status_interval_s: float = Field(
         15.0, gt=0.0,
         description="Seconds between two redraws of the status table on a terminal (elsewhere each change "

@@ -140,6 +140,9 @@ def _register_sweep_scale(sections: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", type=int, metavar="N",
                    help="heat maps per simulated checkpoint, logged to MLflow as a real trial's (default: the "
                    "paper spec's eval.heatmap_samples, 4)")
+    p.add_argument("--reuse-actors", action="store_true",
+                   help="start a trial in the worker process of one that ended (Tune's reuse_actors), ours and "
+                   "bare Tune alike (default: the paper spec's cluster.reuse_actors, false)")
     p.add_argument("--workdir", metavar="DIR", help="keep data, storage, logs and MLflow here (default: a temp dir)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.set_defaults(handler=handle_sweep_scale)
@@ -154,7 +157,7 @@ def handle_sweep_scale(args: argparse.Namespace) -> int:
         sizes=tuple(parse_size(s) for s in args.sizes), steps=args.steps, eval_interval=args.eval_interval,
         step_seconds=args.step_seconds, max_concurrent=args.max_concurrent, crash=not args.no_crash,
         baseline=not args.no_baseline, project_step_s=args.project_step_s, workdir=args.workdir,
-        heatmaps=args.heatmaps,
+        heatmaps=args.heatmaps, reuse_actors=True if args.reuse_actors else None,
     )
 
     def log(line: str) -> None:

@@ -53,6 +53,9 @@ def test_spec_is_paper_shrunk(tmp_path: Path) -> None:
     assert spec.budget.measure_trials_on_test is False
     assert spec.storage.prune_finished is True
     assert spec.base_config().train.steps == 12
+    assert spec.cluster.reuse_actors is False  # the paper spec's
+    on = scale_spec(ScaleSize(3, 16, 5), ScaleSettings(sizes=(), reuse_actors=True), tmp_path)
+    assert on.cluster.reuse_actors is True
 
 
 def _write(folder: Path, trial: str, events: list[dict[str, object]]) -> None:

@@ -112,13 +112,17 @@ def test_tuner_builds_and_pickles(spec) -> None:
 # --- what the trials run is injected ----------------------------------------------------------------
 
 
-def simulated_trainable(plan: driver.CategoryPlan) -> Trainable:
-    """A stand-in for training: reports twice, a score that is the trial's Perlin threshold at the end."""
+def simulated_trainable(plan: driver.CategoryPlan, pids: Path | None = None) -> Trainable:
+    """A stand-in for training: reports twice, a score that is the trial's Perlin threshold at the end;
+    appends its worker's process id to ``pids``."""
     metric, budget = plan.metric, plan.step_budget
 
     def trial(config: dict[str, ParamValue]) -> None:
         threshold = config["synthesis.perlin_threshold"]
         assert isinstance(threshold, float)
+        if pids is not None:
+            with pids.open("a") as fh:
+                fh.write(f"{os.getpid()}\n")
         for step in (budget // 2, budget):
             tune.report({STEP: step, metric: threshold * step / budget})
 
@@ -127,15 +131,17 @@ def simulated_trainable(plan: driver.CategoryPlan) -> Trainable:
 
 
 @pytest.mark.ray
-def test_trainable_factory_replaces_what_the_trials_run(spec) -> None:
-    spec = spec.with_changes({"scheduler.kind": "fifo", "search.max_concurrent": 1})
+@pytest.mark.parametrize("reuse", [True, False])
+def test_trainable_factory_replaces_what_the_trials_run(spec, reuse: bool, tmp_path: Path) -> None:
+    spec = spec.with_changes({"scheduler.kind": "fifo", "search.max_concurrent": 1, "cluster.reuse_actors": reuse})
     plans = driver.plan_sweep(spec, "simulated", ["bottle"])
+    pids = tmp_path / "pids.txt"
     # The workers unpickle the simulated trainable without importing this test module.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with mock.patch.dict(os.environ):  # run_sweep sets Tune's variables for the whole process
         ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         try:
-            result = driver.run_sweep(spec, plans, trainable_factory=simulated_trainable)
+            result = driver.run_sweep(spec, plans, trainable_factory=lambda plan: simulated_trainable(plan, pids))
         finally:
             ray.shutdown()
             ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -144,6 +150,8 @@ def test_trainable_factory_replaces_what_the_trials_run(spec) -> None:
     assert all(t.step == 16 and t.checkpoint_path is None for t in bottle.trials)  # nothing was trained
     assert [t.score for t in bottle.trials] == [t.params["synthesis.perlin_threshold"] for t in bottle.trials]
     assert bottle.best is not None and bottle.best.score == max(t.score or 0.0 for t in bottle.trials)
+    # One trial at a time: with actor reuse the three ran in one worker process, without it in three.
+    assert len(set(pids.read_text().split())) == (1 if reuse else 3)
 
 
 def test_a_trainable_named_otherwise_is_refused(spec) -> None:
