@@ -691,7 +691,7 @@ class MlflowTrialCallback(Callback):
         at = int(step) if step is not None else 0
 
         def write() -> None:
-            panels = [image for _, image in read_heatmaps(checkpoint)]
+            panels = read_heatmaps(checkpoint)
             if panels:
                 self._client.log_image(self.run_for(trial), stack_panels(panels), key=HEATMAP_IMAGE_KEY, step=at)
 
@@ -1043,15 +1043,16 @@ def _close_from_record(client: MlflowClient, run_id: str, trial: StoredTrial, st
         close_run(client, run_id, outcome if outcome in _STATUS else schema.OUTCOME_PRUNED)
 
 
-def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
-    """The ``heatmaps/*.png`` of a reported Tune checkpoint as RGB arrays, read through its filesystem.
+def read_heatmaps(checkpoint: Checkpoint) -> list[np.ndarray]:
+    """The ``heatmaps/*.png`` of a reported Tune checkpoint as RGB arrays in file-name order, read through its
+    filesystem.
 
     Only the images are read, never the weights, so this is cheap on a bucket too.
     """
     fs = checkpoint.filesystem or pyarrow.fs.LocalFileSystem()
     folder = f"{checkpoint.path.rstrip('/')}/heatmaps"
     infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
-    out = []
+    out: list[np.ndarray] = []
     for info in sorted(infos, key=lambda i: i.path):
         if info.type != pyarrow.fs.FileType.File or not info.path.lower().endswith(".png"):
             continue
@@ -1061,7 +1062,7 @@ def read_heatmaps(checkpoint: Checkpoint) -> list[tuple[str, np.ndarray]]:
         if bgr is None:
             logger.warning("cannot decode heat map %s", info.path)
             continue
-        out.append((Path(info.path).stem, np.ascontiguousarray(bgr[..., ::-1])))
+        out.append(np.ascontiguousarray(bgr[..., ::-1]))
     return out
 
 
