@@ -8,10 +8,11 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
 * one child run per trial (``mlflow.parentRunId``) created when the trial first starts, with the
   resolved training config as params under stable dotted names (``MemSegConfig.flatten()``) and
   tags ``sweep_id``, ``category``, ``trial_id``, ``git_commit``, ``dataset_fingerprint``;
-* metrics per evaluation (``step`` = training step); the reported checkpoint's ``heatmaps/`` panels,
-  stacked into one step-indexed image (key ``heatmaps``), at each evaluation that improved the trial's
-  best (a sweep's driver logs thousands of checkpoints; one picture of each improvement keeps the
-  maps of the chosen checkpoint and their evolution at a fraction of the uploads);
+* metrics per evaluation (``step`` = training step), sent in batches (:data:`METRICS_INTERVAL_S`);
+  the reported checkpoint's ``heatmaps/`` panels, stacked into one step-indexed image (key
+  ``heatmaps``), for evaluations that improved the trial's best: at most one a minute
+  (:data:`HEATMAP_INTERVAL_S`) and always the trial's final best, so the run shows the maps of the
+  checkpoint it keeps and their evolution without an upload per checkpoint;
 * a final status that is always FINISHED (step budget reached, or pruned: stopped early by ASHA or
   the time budget, a normal outcome shown by the run name's `` (pruned)`` suffix and found with
   :data:`~pipelines.schema.PRUNED_FILTER`) or FAILED (errored after its retries) - never RUNNING;
@@ -27,9 +28,10 @@ Ray's own helpers leave runs RUNNING when ASHA stops a trial and duplicate runs 
   (:data:`TrialTestFigures`: the sweep stage runs it as Ray tasks), and every trial of every
   category that :func:`close_sweep` finalizes is handed to it in one batch.
 
-Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id)
-and resumed, never created twice; at the end of a study every run of the category is reconciled with
-its trial's final state, and a RUNNING run whose trial Tune no longer knows is closed.
+Idempotent across ``Tuner.restore``: runs are found by their tags (sweep id + category + trial id;
+one search per category and driver) and resumed, never created twice; at the end of a study every
+run of the category is reconciled with its trial's final state, and a RUNNING run whose trial Tune
+no longer knows is closed.
 Every call names its run id explicitly (``MlflowClient``; no global active run across threads).
 The tag names are :mod:`pipelines.schema`'s.
 
@@ -71,6 +73,7 @@ import numpy as np
 import pyarrow.fs
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 
@@ -456,6 +459,16 @@ OUTAGE_PAUSE_S = 30.0
 one retry budget per pause, not one per write."""
 DRAIN_TIMEOUT_S = 600.0
 """How long the end of a study waits for the writes still queued (a write in flight may take MLflow's retry budget)."""
+METRICS_INTERVAL_S = 5.0
+"""A trial's metric points are held this long and then sent in one request (each request costs the driver ~3 ms
+of CPU in MLflow's client, whatever it carries); a trial's end sends what is held at once."""
+HEATMAP_INTERVAL_S = 60.0
+"""At most one heat-map picture per trial in this interval (counted from the trial's start); an improvement in
+between replaces the held picture, and the picture of the trial's final best is always sent when it ends."""
+TICK_S = 1.0
+"""How often an idle writer looks for held writes that are due."""
+
+Write = Callable[[], None]
 
 _PENDING: dict[str, set[str]] = {}
 _PENDING_LOCK = threading.Lock()
@@ -485,29 +498,33 @@ def clear_pending(sweep_id: str, category: str, trial_ids: Sequence[str] | set[s
 class _Writer:
     """A bounded queue of one category's MLflow writes, drained by one thread, so no Tune hook waits on MLflow.
 
-    A write that fails marks its trial pending and pauses the writer (:data:`OUTAGE_PAUSE_S`): writes
-    queued meanwhile are skipped, their trials marked pending. Reconciliation then writes what is
-    missing from Tune's own records (:func:`reconcile_category`).
+    Besides the queued writes the thread runs the held writes that have become due (``due(everything)``:
+    batched metric points, heat-map pictures), after each write, once a tick when idle, and all of them on
+    a flush or at the end. A write that fails marks its trial pending and pauses the writer
+    (:data:`OUTAGE_PAUSE_S`): writes meanwhile are skipped, their trials marked pending. Reconciliation then
+    writes what is missing from Tune's own records (:func:`reconcile_category`).
     """
 
-    def __init__(self, sweep_id: str, category: str, uri: str) -> None:
+    def __init__(self, sweep_id: str, category: str, uri: str,
+                 due: Callable[[bool], list[tuple[str, Write]]]) -> None:
         self.sweep_id = sweep_id
         self.category = category
         self.uri = uri
-        self.queue: queue.Queue[tuple[str, Callable[[], None]] | threading.Event | None] = queue.Queue(
-            WRITE_QUEUE_SIZE)
+        self.due = due
+        self.queue: queue.Queue[tuple[str, Write] | threading.Event | None] = queue.Queue(WRITE_QUEUE_SIZE)
         self.paused_until = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"mlflow-{category}", daemon=True)
         self.thread.start()
 
-    def submit(self, trial_id: str, write: Callable[[], None]) -> None:
+    def submit(self, trial_id: str, write: Write) -> None:
         try:
             self.queue.put_nowait((trial_id, write))
         except queue.Full:
             mark_pending(self.sweep_id, self.category, trial_id)
 
     def flush(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
-        """Wait until the writes queued so far are done (or skipped); False when that took longer than ``timeout_s``."""
+        """Wait until the writes queued or held so far are done (or skipped); False when that took longer than
+        ``timeout_s``."""
         done = threading.Event()
         try:
             self.queue.put(done, timeout=timeout_s)
@@ -516,7 +533,7 @@ class _Writer:
         return done.wait(timeout_s)
 
     def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
-        """Wait for the queued writes and stop the thread; False when it did not finish in time."""
+        """Wait for the queued and held writes and stop the thread; False when it did not finish in time."""
         try:
             self.queue.put(None, timeout=timeout_s)
         except queue.Full:
@@ -526,25 +543,43 @@ class _Writer:
 
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=TICK_S)
+            except queue.Empty:
+                self._run_due(everything=False)
+                continue
             if item is None:
+                self._run_due(everything=True)
                 return
             if isinstance(item, threading.Event):
+                self._run_due(everything=True)
                 item.set()
                 continue
-            trial_id, write = item
-            if time.monotonic() < self.paused_until:
-                mark_pending(self.sweep_id, self.category, trial_id)
-                continue
-            try:
-                write()
-            except Exception as exc:
-                mark_pending(self.sweep_id, self.category, trial_id)
-                self.paused_until = time.monotonic() + OUTAGE_PAUSE_S
-                # One line, no traceback: reconciliation writes it later, and the end of the sweep names what is left.
-                logger.warning("MLflow tracking at %s failed (%s, trial %s): %s; writes paused %.0f s, the trial's "
-                               "record is reconciled from Tune's results later", self.uri, self.category, trial_id,
-                               _short(exc), OUTAGE_PAUSE_S)
+            self._run(*item)
+            self._run_due(everything=False)
+
+    def _run_due(self, *, everything: bool) -> None:
+        try:
+            due = self.due(everything)
+        except Exception:  # a bug here must not stop the thread that every later write needs
+            logger.exception("%s: cannot collect the held MLflow writes", self.category)
+            return
+        for trial_id, write in due:
+            self._run(trial_id, write)
+
+    def _run(self, trial_id: str, write: Write) -> None:
+        if time.monotonic() < self.paused_until:
+            mark_pending(self.sweep_id, self.category, trial_id)
+            return
+        try:
+            write()
+        except Exception as exc:
+            mark_pending(self.sweep_id, self.category, trial_id)
+            self.paused_until = time.monotonic() + OUTAGE_PAUSE_S
+            # One line, no traceback: reconciliation writes it later, and the end of the sweep names what is left.
+            logger.warning("MLflow tracking at %s failed (%s, trial %s): %s; writes paused %.0f s, the trial's "
+                           "record is reconciled from Tune's results later", self.uri, self.category, trial_id,
+                           _short(exc), OUTAGE_PAUSE_S)
 
 
 def _short(exc: BaseException) -> str:
@@ -552,8 +587,47 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+def trial_run_name(category: str, trial_id: str) -> str:
+    """The name of a trial's run (a pruned trial's gets :data:`~pipelines.schema.RUN_NAME_PRUNED_SUFFIX`)."""
+    return f"{category}-{trial_id}"
+
+
+@dataclass
+class _KnownRun:
+    """What the callback knows of a trial's run without asking MLflow again."""
+
+    run_id: str
+    status: str
+    outcome: str | None
+    has_params: bool
+
+
+@dataclass
+class _Points:
+    """A trial's metric points and tags held for one batch."""
+
+    trial: Trial
+    since: float
+    metrics: list[Metric] = dataclasses.field(default_factory=list)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _Picture:
+    """A trial's latest improvement not yet pictured: its checkpoint's heat-map PNG files, read when held."""
+
+    trial: Trial
+    files: list[bytes]
+    step: int
+
+
 class MlflowTrialCallback(Callback):
-    """One MLflow child run per trial; see the module docstring for the life cycle."""
+    """One MLflow child run per trial; see the module docstring for the life cycle.
+
+    The Tune hooks only queue writes. Everything below the hooks runs in the writer thread, which alone
+    touches the run cache and the held points and pictures; the hooks themselves keep only what they
+    need to decide what to queue (the last node seen, the best value pictured).
+    """
 
     def __init__(
         self,
@@ -567,6 +641,8 @@ class MlflowTrialCallback(Callback):
         step_budget: int,
         metric: str,
         tags: Mapping[str, str],
+        metrics_interval_s: float = METRICS_INTERVAL_S,
+        heatmap_interval_s: float = HEATMAP_INTERVAL_S,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -577,32 +653,41 @@ class MlflowTrialCallback(Callback):
         self.step_budget = step_budget
         self.metric = metric
         self.tags = dict(tags)
+        self.metrics_interval_s = metrics_interval_s
+        self.heatmap_interval_s = heatmap_interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state that lives only in this driver process (rebuilt from MLflow after a restore)."""
         self._client_obj: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
+        self._writer_obj: _Writer | None = None
+        self._known_runs: dict[str, _KnownRun] | None = None
         self._nodes: dict[str, str] = {}
         self._best_shown: dict[str, float] = {}
-        self._writer_obj: _Writer | None = None
+        self._points: dict[str, _Points] = {}
+        self._pictures: dict[str, _Picture] = {}
+        self._pictured_at: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        state["_client_obj"] = None
-        state["_runs"] = {}  # rebuilt from MLflow by tag
-        state["_nodes"] = {}
-        state["_best_shown"] = {}
-        state["_writer_obj"] = None
-        return state
+        keep = ("tracking_uri", "experiment_id", "parent_run_id", "sweep_id", "category", "base_config",
+                "step_budget", "metric", "tags", "metrics_interval_s", "heatmap_interval_s")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     @property
     def _writer(self) -> _Writer:
         if self._writer_obj is None:
-            self._writer_obj = _Writer(self.sweep_id, self.category, self.tracking_uri)
+            self._writer_obj = _Writer(self.sweep_id, self.category, self.tracking_uri, self._due)
         return self._writer_obj
 
-    def _submit(self, trial: Trial, write: Callable[[], None]) -> None:
+    def _submit(self, trial: Trial, write: Write) -> None:
         self._writer.submit(trial.trial_id, write)
 
     def flush(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
-        """Wait for the MLflow writes queued so far; False when they took longer than ``timeout_s``."""
+        """Wait for the MLflow writes queued or held so far; False when they took longer than ``timeout_s``."""
         return self._writer_obj.flush(timeout_s) if self._writer_obj is not None else True
 
     @property
@@ -611,58 +696,54 @@ class MlflowTrialCallback(Callback):
             self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client_obj
 
-    # run lookup ----------------------------------------------------------------------------------
+    # run lookup (writer thread) ------------------------------------------------------------------
 
-    def _trial_tags(self, trial: Trial) -> dict[str, str]:
-        return {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: self.category, TAG_TRIAL: trial.trial_id}
-
-    def _existing_run(self, trial: Trial) -> str | None:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = find_runs(self._client, self.experiment_id, self._trial_tags(trial))
-        if not found:
-            return None
-        if len(found) > 1:
-            logger.warning("%d MLflow runs carry trial %s; using the oldest", len(found), trial.trial_id)
-        run = min(found, key=lambda r: r.info.start_time)
-        self._runs[trial.trial_id] = run.info.run_id
-        return run.info.run_id
+    def _known(self) -> dict[str, _KnownRun]:
+        """The category's trial runs, read with one search per driver (then kept up to date here)."""
+        if self._known_runs is None:
+            tags = {TAG_SWEEP: self.sweep_id, TAG_CATEGORY: self.category, TAG_ROLE: ROLE_TRIAL}
+            known: dict[str, _KnownRun] = {}
+            for run in sorted(find_runs(self._client, self.experiment_id, tags), key=lambda r: r.info.start_time):
+                trial_id = run.data.tags.get(TAG_TRIAL)
+                if not trial_id:
+                    continue
+                if trial_id in known:
+                    logger.warning("several MLflow runs carry trial %s; using the oldest", trial_id)
+                    continue
+                known[trial_id] = _KnownRun(run.info.run_id, run.info.status, run.data.tags.get(TAG_OUTCOME),
+                                            bool(run.data.params))
+            self._known_runs = known
+        return self._known_runs
 
     def run_for(self, trial: Trial) -> str:
         """The trial's child run: found by tags (after a restore or a retry) or created once."""
-        run_id = self._existing_run(trial)
-        if run_id is not None:
-            return run_id
+        known = self._known().get(trial.trial_id)
+        if known is not None:
+            return known.run_id
         run = self._client.create_run(
             self.experiment_id,
-            run_name=f"{self.category}-{trial.trial_id}",
+            run_name=trial_run_name(self.category, trial.trial_id),
             tags={
-                **self._trial_tags(trial), **self.tags, TAG_PARENT: self.parent_run_id, TAG_ROLE: ROLE_TRIAL,
+                TAG_SWEEP: self.sweep_id, TAG_CATEGORY: self.category, TAG_TRIAL: trial.trial_id, **self.tags,
+                TAG_PARENT: self.parent_run_id, TAG_ROLE: ROLE_TRIAL,
                 TAG_TRIAL_DIR: str(getattr(trial, "path", "") or ""),
             },
         )
-        run_id = run.info.run_id
-        self._runs[trial.trial_id] = run_id
-        cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
-        _log_params(self._client, run_id, _params_of(cfg))
+        run_id = str(run.info.run_id)
+        self._known()[trial.trial_id] = _KnownRun(run_id, "RUNNING", None, has_params=False)
+        self._log_trial_params(trial)
         return run_id
+
+    def _log_trial_params(self, trial: Trial) -> None:
+        known = self._known()[trial.trial_id]
+        cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
+        _log_params(self._client, known.run_id, _params_of(cfg))
+        known.has_params = True
 
     # Tune hooks: each queues its writes (values captured now: Tune changes the trial afterwards) ------
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._submit(trial, functools.partial(self._start, trial))
-
-    def _start(self, trial: Trial) -> None:
-        run_id = self._existing_run(trial)
-        if run_id is None:
-            self.run_for(trial)
-            return
-        run = self._client.get_run(run_id)
-        if run.info.status != "RUNNING":
-            self._client.update_run(run_id, status="RUNNING")  # a resumed trial's run is live again
-        if not run.data.params:  # the driver died between creating the run and logging its params
-            cfg = trial_config(MemSegConfig.model_validate(self.base_config), trial.config)
-            _log_params(self._client, run_id, _params_of(cfg))
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
@@ -672,14 +753,11 @@ class MlflowTrialCallback(Callback):
             return
         metrics = result_metrics(result, _now_ms())
         node = result.get(NODE_KEY)
-        tags = [RunTag(TAG_NODE, str(node))] if node and self._nodes.get(trial.trial_id) != node else []
+        tags = {TAG_NODE: str(node)} if node and self._nodes.get(trial.trial_id) != node else {}
         if node:
             self._nodes[trial.trial_id] = node
         if metrics or tags:
-            def write() -> None:
-                self._client.log_batch(self.run_for(trial), metrics=metrics, tags=tags)
-
-            self._submit(trial, write)
+            self._submit(trial, functools.partial(self._hold_points, trial, metrics, tags))
 
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
@@ -688,14 +766,7 @@ class MlflowTrialCallback(Callback):
         if not self._improved(trial.trial_id, result):
             return
         step = result.get("step")
-        at = int(step) if step is not None else 0
-
-        def write() -> None:
-            panels = read_heatmaps(checkpoint)
-            if panels:
-                self._client.log_image(self.run_for(trial), stack_panels(panels), key=HEATMAP_IMAGE_KEY, step=at)
-
-        self._submit(trial, write)
+        self._submit(trial, functools.partial(self._hold_picture, trial, checkpoint, int(step or 0)))
 
     def _improved(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Whether this result's evaluation is a new best of its trial (the trainer's rule: strictly
@@ -711,21 +782,81 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tags = {TAG_FAILURES: str(trial.num_failures), TAG_ERROR: _error_text(trial)}
-        self._submit(trial, lambda: _set_tags(self._client, self.run_for(trial), tags))
+        self._submit(trial, functools.partial(self._hold_points, trial, [], tags))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tags = {TAG_FAILURES: str(trial.num_failures), TAG_ERROR: _error_text(trial)}
-
-        def write() -> None:
-            run_id = self.run_for(trial)
-            _set_tags(self._client, run_id, tags)
-            close_run(self._client, run_id, "failed")
-
-        self._submit(trial, write)
+        self._submit(trial, functools.partial(self._close, trial, "failed", tags))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         outcome = classify("TERMINATED", (trial.last_result or {}).get("step"), self.step_budget)
-        self._submit(trial, lambda: close_run(self._client, self.run_for(trial), outcome))
+        self._submit(trial, functools.partial(self._close, trial, outcome, {}))
+
+    # the writes (writer thread) ------------------------------------------------------------------
+
+    def _start(self, trial: Trial) -> None:
+        self._pictured_at[trial.trial_id] = time.monotonic()
+        known = self._known().get(trial.trial_id)
+        if known is None:
+            self.run_for(trial)
+            return
+        if known.status != "RUNNING":  # a resumed trial's run is live again
+            self._client.update_run(known.run_id, status="RUNNING")
+            known.status = "RUNNING"
+        if not known.has_params:  # the driver died between creating the run and logging its params
+            self._log_trial_params(trial)
+
+    def _hold_points(self, trial: Trial, metrics: list[Metric], tags: Mapping[str, str]) -> None:
+        held = self._points.setdefault(trial.trial_id, _Points(trial, time.monotonic()))
+        held.metrics.extend(metrics)
+        held.tags.update(tags)
+
+    def _hold_picture(self, trial: Trial, checkpoint: Checkpoint, step: int) -> None:
+        # Read now: Tune may delete the checkpoint before the picture is due.
+        files = read_heatmap_files(checkpoint)
+        if files:
+            self._pictures[trial.trial_id] = _Picture(trial, files, step)
+
+    def _due(self, everything: bool) -> list[tuple[str, Write]]:
+        """The held writes to run now: all of them, or those whose interval has passed."""
+        now = time.monotonic()
+        due: list[tuple[str, Write]] = []
+        for trial_id, picture in list(self._pictures.items()):
+            if everything or now - self._pictured_at.get(trial_id, -math.inf) >= self.heatmap_interval_s:
+                due.append((trial_id, functools.partial(self._write_picture, trial_id, picture)))
+        for trial_id, points in list(self._points.items()):
+            if everything or now - points.since >= self.metrics_interval_s:
+                due.append((trial_id, functools.partial(self._write_points, trial_id, points)))
+        return due
+
+    def _write_points(self, trial_id: str, points: _Points) -> None:
+        if self._points.get(trial_id) is points:
+            del self._points[trial_id]  # taken out first: a failed write is reconciled, not retried forever
+        _log_batch(self._client, self.run_for(points.trial), points.metrics, points.tags)
+
+    def _write_picture(self, trial_id: str, picture: _Picture) -> None:
+        if self._pictures.get(trial_id) is picture:
+            del self._pictures[trial_id]
+        self._pictured_at[trial_id] = time.monotonic()
+        panels = decode_heatmaps(picture.files)
+        if panels:
+            self._client.log_image(self.run_for(picture.trial), stack_panels(panels), key=HEATMAP_IMAGE_KEY,
+                                   step=picture.step)
+
+    def _close(self, trial: Trial, outcome: str, tags: Mapping[str, str]) -> None:
+        """The trial's last writes: its held picture (its final best), then its held points, tags and terminal
+        status in one closing batch."""
+        picture = self._pictures.get(trial.trial_id)
+        if picture is not None:
+            self._write_picture(trial.trial_id, picture)
+        points = self._points.pop(trial.trial_id, None)
+        run_id = self.run_for(trial)
+        known = self._known()[trial.trial_id]
+        if points is None and not tags and known.status == _STATUS[outcome] and known.outcome == outcome:
+            return  # closed already (a restored driver told of a trial it had finished)
+        close_run(self._client, run_id, outcome, trial_run_name(self.category, trial.trial_id),
+                  metrics=points.metrics if points else (), tags={**(points.tags if points else {}), **tags})
+        known.status, known.outcome = _STATUS[outcome], outcome
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Wait for the queued writes, then reconcile every run of the category with its trial's record.
@@ -758,22 +889,40 @@ class MlflowTrialCallback(Callback):
             category=self.category, base_config=self.base_config, step_budget=self.step_budget, tags=self.tags)
 
 
+def close_run(
+    client: MlflowClient, run_id: str, outcome: str, name: str, *,
+    metrics: Sequence[Metric] = (), tags: Mapping[str, str] | None = None,
+) -> None:
+    """Give a trial run its terminal status for ``outcome`` (finished, pruned, failed), with ``metrics`` and
+    ``tags`` still to write, in two requests; idempotent.
 
-def close_run(client: MlflowClient, run_id: str, outcome: str) -> None:
-    """Give a trial run its terminal status for ``outcome`` (finished, pruned, failed); idempotent."""
-    status = _STATUS[outcome]
-    run = client.get_run(run_id)
-    name = run.info.run_name or ""
-    if outcome == schema.OUTCOME_PRUNED and not name.endswith(schema.RUN_NAME_PRUNED_SUFFIX):
-        client.update_run(run_id, name=name + schema.RUN_NAME_PRUNED_SUFFIX)
-    if run.info.status == status and run.data.tags.get(TAG_OUTCOME) == outcome:
-        return
-    client.set_tag(run_id, TAG_OUTCOME, outcome)
-    client.set_terminated(run_id, status=status)
+    ``name`` is the run's name without the pruned suffix. A pruned run's new name goes as MLflow's run-name tag
+    in the same batch: ``update_run`` would cost a hidden ``get_run`` more.
+    """
+    all_tags = {**(tags or {}), TAG_OUTCOME: outcome}
+    if outcome == schema.OUTCOME_PRUNED:
+        all_tags[MLFLOW_RUN_NAME] = name + schema.RUN_NAME_PRUNED_SUFFIX
+    _log_batch(client, run_id, metrics, all_tags)
+    client.set_terminated(run_id, status=_STATUS[outcome])
 
 
-def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+def _is_closed(run: Run, outcome: str) -> bool:
+    return run.info.status == _STATUS[outcome] and run.data.tags.get(TAG_OUTCOME) == outcome
+
+
+def _base_name(run: Run) -> str:
+    """The run's name without the pruned suffix."""
+    return (run.info.run_name or "").removesuffix(schema.RUN_NAME_PRUNED_SUFFIX)
+
+
+def _log_batch(client: MlflowClient, run_id: str, metrics: Sequence[Metric], tags: Mapping[str, str]) -> None:
+    """``metrics`` and ``tags`` in as few requests as the REST API allows (100 tags and 1000 items a request)."""
+    tag_items = [RunTag(k, v) for k, v in tags.items()]
+    metric_chunks = [list(metrics[i : i + 900]) for i in range(0, len(metrics), 900)]
+    tag_chunks = [tag_items[i : i + 100] for i in range(0, len(tag_items), 100)]
+    for i in range(max(len(metric_chunks), len(tag_chunks))):
+        client.log_batch(run_id, metrics=metric_chunks[i] if i < len(metric_chunks) else [],
+                         tags=tag_chunks[i] if i < len(tag_chunks) else [])
 
 
 def result_metrics(result: Mapping[str, Any], ts: int) -> list[Metric]:
@@ -989,7 +1138,7 @@ def reconcile_category(
             if missing:
                 logger.info("%s trial %s: %d metric point(s) written from Tune's results", target.category,
                             trial.trial_id, len(missing))
-            _close_from_record(client, run_id, trial, target.step_budget)
+            _close_from_record(client, run_id, found, trial, target)
         except Exception as exc:
             left.append(f"{target.category} trial {trial.trial_id}: run, {len(points)} metric point(s) or status "
                         f"not confirmed in MLflow ({_short(exc)})")
@@ -998,7 +1147,7 @@ def reconcile_category(
     for trial_id, run in runs.items():
         if run.info.status == "RUNNING" and trial_id not in known:  # a trial Tune no longer knows
             try:
-                close_run(client, run.info.run_id, schema.OUTCOME_PRUNED)
+                close_run(client, run.info.run_id, schema.OUTCOME_PRUNED, _base_name(run))
             except Exception as exc:
                 left.append(f"{target.category} trial {trial_id}: run {run.info.run_id} left RUNNING ({_short(exc)})")
     return left
@@ -1007,7 +1156,7 @@ def reconcile_category(
 def _create_trial_run(client: MlflowClient, target: ReconcileTarget, trial: StoredTrial) -> str:
     run = client.create_run(
         target.experiment_id,
-        run_name=f"{target.category}-{trial.trial_id}",
+        run_name=trial_run_name(target.category, trial.trial_id),
         tags={TAG_SWEEP: target.sweep_id, TAG_CATEGORY: target.category, TAG_TRIAL: trial.trial_id,
               **target.tags, TAG_PARENT: target.parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_DIR: trial.path},
     )
@@ -1030,37 +1179,52 @@ def _missing_points(client: MlflowClient, run_id: str, points: Sequence[Metric])
     return out
 
 
-def _close_from_record(client: MlflowClient, run_id: str, trial: StoredTrial, step_budget: int) -> None:
+def _close_from_record(
+    client: MlflowClient, run_id: str, run: Run | None, trial: StoredTrial, target: ReconcileTarget
+) -> None:
+    """Close the run as Tune's record says the trial ended (``run``: as found before this reconciliation, None
+    for a run just created); a run closed that way already costs nothing."""
+    name = _base_name(run) if run is not None else trial_run_name(target.category, trial.trial_id)
     if trial.status == "ERROR":
         tags = {TAG_FAILURES: str(trial.num_failures)}
         if trial.error:
             tags[TAG_ERROR] = trial.error
-        _set_tags(client, run_id, tags)
-        close_run(client, run_id, "failed")
-    else:  # the study has ended: a trial not failed either finished its budget or was stopped early
-        step = trial.results[-1].get("step") if trial.results else None
-        outcome = classify(trial.status, step, step_budget)
-        close_run(client, run_id, outcome if outcome in _STATUS else schema.OUTCOME_PRUNED)
+        if run is not None and _is_closed(run, "failed") and all(run.data.tags.get(k) == v for k, v in tags.items()):
+            return
+        close_run(client, run_id, "failed", name, tags=tags)
+        return
+    # The study has ended: a trial not failed either finished its budget or was stopped early.
+    step = trial.results[-1].get("step") if trial.results else None
+    classified = classify(trial.status, step, target.step_budget)
+    outcome = classified if classified in _STATUS else schema.OUTCOME_PRUNED
+    if run is None or not _is_closed(run, outcome):
+        close_run(client, run_id, outcome, name)
 
 
-def read_heatmaps(checkpoint: Checkpoint) -> list[np.ndarray]:
-    """The ``heatmaps/*.png`` of a reported Tune checkpoint as RGB arrays in file-name order, read through its
-    filesystem.
+def read_heatmap_files(checkpoint: Checkpoint) -> list[bytes]:
+    """The ``heatmaps/*.png`` files of a reported Tune checkpoint, in file-name order, read through its filesystem.
 
     Only the images are read, never the weights, so this is cheap on a bucket too.
     """
     fs = checkpoint.filesystem or pyarrow.fs.LocalFileSystem()
     folder = f"{checkpoint.path.rstrip('/')}/heatmaps"
     infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
-    out: list[np.ndarray] = []
+    out: list[bytes] = []
     for info in sorted(infos, key=lambda i: i.path):
         if info.type != pyarrow.fs.FileType.File or not info.path.lower().endswith(".png"):
             continue
         with fs.open_input_file(info.path) as f:
-            data = f.read()
+            out.append(f.read())
+    return out
+
+
+def decode_heatmaps(files: Sequence[bytes]) -> list[np.ndarray]:
+    """PNG files as RGB arrays; one that does not decode is left out with a warning."""
+    out: list[np.ndarray] = []
+    for i, data in enumerate(files):
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
-            logger.warning("cannot decode heat map %s", info.path)
+            logger.warning("cannot decode heat map %d of %d", i + 1, len(files))
             continue
         out.append(np.ascontiguousarray(bgr[..., ::-1]))
     return out

@@ -116,7 +116,8 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     # driver's queued writes are done first here; those of a driver that died are reconciled from Tune's records).
     assert cb.flush()
     restored = pickle.loads(pickle.dumps(cb))
-    assert restored._runs == {} and restored._client_obj is None and restored._writer_obj is None
+    assert restored._known_runs is None and restored._client_obj is None and restored._writer_obj is None
+    assert restored.metrics_interval_s == cb.metrics_interval_s and restored._points == {}
     again = TrialRecord("t_00000", _params(point), status="TERMINATED", last_result=finished.last_result)
     restored.on_trial_start(0, [], again)
     restored.on_trial_complete(0, [], again)
@@ -188,17 +189,42 @@ def test_trial_runs_statuses_metrics_images_and_restore(mlflow_server, plan, tmp
     history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(8, 0.6), (16, 0.8)]
     assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
-    # One picture per evaluation that improved the trial's best: its panels stacked.
-    images = {int(a.path.split("+step+")[1].split("+")[0]): a.path
-              for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")}
-    assert sorted(images) == [8, 16] and all("heatmaps+step+" in p for p in images.values()), images
+    # Both improvements came within a minute of the trial's start: only the final best is pictured,
+    # its panels stacked.
+    images = _images(client, run.info.run_id)
+    assert sorted(images) == [16] and all("heatmaps+step+" in p for p in images.values()), images
     local = client.download_artifacts(run.info.run_id, images[16], str(tmp_path / "dl"))
     stacked = cv2.imread(local)
     assert stacked.shape == (2 * 16 + SEPARATOR_PX, 16, 3)  # the checkpoint's two 16 px panels
     assert stacked[0, 0, 0] == 40 and stacked[-1, 0, 0] == 80
-    pruned_images = [a.path for a in client.list_artifacts(children["t_00001"].info.run_id, "images")
-                     if a.path.endswith(".png")]
-    assert len(pruned_images) == 1 and "heatmaps+step+8+" in pruned_images[0], pruned_images
+    assert sorted(_images(client, children["t_00001"].info.run_id)) == [8]  # its best, not its last
+
+
+def _images(client: MlflowClient, run_id: str) -> dict[int, str]:
+    """The run's heat-map pictures by step."""
+    return {int(a.path.split("+step+")[1].split("+")[0]): a.path
+            for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")}
+
+
+def test_every_improvement_is_pictured_once_the_interval_has_passed(mlflow_server, plan, tmp_path: Path) -> None:
+    sweep = tracking.SweepTracking(mlflow_server.uri, plan.sweep_id, spec_name="smoke", commit="abc123")
+    cb = sweep.callback(plan)
+    cb.heatmap_interval_s = 0.0
+    trial = TrialRecord("t_pictured", _params(plan.space.default_point()), status="RUNNING")
+    cb.on_trial_start(0, [], trial)
+    _report(cb, trial, 8, 0.6, _checkpoint(tmp_path, "c1"))
+    assert cb.flush()
+    _report(cb, trial, 12, 0.5, _checkpoint(tmp_path, "c2"), best=0.6)  # no improvement: no picture
+    _report(cb, trial, 16, 0.8, _checkpoint(tmp_path, "c3"))
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [], trial)
+    assert cb.flush()
+    client = MlflowClient(mlflow_server.uri)
+    run = client.search_runs([sweep.experiment_id], filter_string="tags.`trial_id` = 't_pictured'")[0]
+    assert sorted(_images(client, run.info.run_id)) == [8, 16]
+    history = client.get_metric_history(run.info.run_id, "val_pixel_auroc")
+    assert sorted((m.step, m.value) for m in history) == [(8, 0.6), (12, 0.5), (16, 0.8)]
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "bottle-t_pictured")
 
 
 def test_dead_server_is_named(tmp_path: Path) -> None:
