@@ -1133,8 +1133,7 @@ def reconcile_category(
                     _log_params(client, run_id, _params_of(cfg))
                 check = check_points is None or trial.trial_id in check_points
                 missing = _missing_points(client, run_id, points) if check else []
-            for i in range(0, len(missing), 1000):  # the REST API takes at most 1000 metrics per batch
-                client.log_batch(run_id, metrics=missing[i : i + 1000])
+            _log_batch(client, run_id, missing, {})
             if missing:
                 logger.info("%s trial %s: %d metric point(s) written from Tune's results", target.category,
                             trial.trial_id, len(missing))
