@@ -18,8 +18,9 @@ What a simulated trial does, to look like a real one to everything that watches 
 * Each report carries a checkpoint laid out like the real one (``model.pt``, ``best_model.pt``,
   ``train_state.pt``, ``heatmaps/*.png``; a few kB) through the same ``tune.report(...,
   checkpoint=...)``, so the MLflow callback logs the heat maps and storage pruning slims it.
-* A restored trial continues from its checkpoint's step (``sim_state.json``), and a trial whose
-  checkpoint was pruned ends the way it ended (:func:`sweeps.trainable.end_as_before`), as the real one.
+* A restored trial continues from its newest whole checkpoint's step (``sim_state.json``;
+  :func:`sweeps.trainable.resume_checkpoint`), and a trial whose checkpoint was pruned ends the way
+  it ended (:func:`sweeps.trainable.end_as_before`), as the real one.
 * With an events folder set, each trial process appends JSON lines (start, every report before and
   after ``tune.report``, end) to
   ``<events>/<trial id>.jsonl`` with the wall clock: the bench's timeline of busy slots, kept by the
@@ -41,13 +42,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.fs
 import ray
 from ray import tune
 
 from memseg.config import MemSegConfig
 from memseg.metrics import keys
 from sweeps.spec import ParamValue
-from sweeps.trainable import Trainable, end_as_before, trainable_name
+from sweeps.trainable import Trainable, end_as_before, resume_checkpoint, trainable_name
 from sweeps.tune_callback import NODE_KEY, tune_metrics
 
 if TYPE_CHECKING:
@@ -164,6 +166,16 @@ def write_checkpoint(folder: Path, sim: SimulatedTrial, state: Mapping[str, floa
         (heatmaps / f"val_{i:03d}_synthetic.png").write_bytes(png_bytes(16, 16, (shade, 64, 255 - shade)))
 
 
+def whole_simulated_checkpoint(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    """The checkpoint's resume state was persisted whole (what a simulated trial reads when it resumes)."""
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{STATE_FILE}") as f:
+            state = json.loads(f.read().decode())
+    except (OSError, ValueError):  # missing (pyarrow raises FileNotFoundError) or cut short
+        return False
+    return isinstance(state, dict) and "step" in state and "best" in state
+
+
 def _event(sim: SimulatedTrial, trial_id: str, kind: str, **values: object) -> None:
     if sim.events_dir is None:
         return
@@ -176,14 +188,14 @@ def run_simulated_trial(config: Mapping[str, object], sim: SimulatedTrial) -> No
     """Body of a simulated trial (runs inside the Tune worker process)."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    checkpoint = tune.get_checkpoint()
+    checkpoint = resume_checkpoint(whole_simulated_checkpoint)
     start_step, best = 0, -math.inf
     if checkpoint is not None:
         if end_as_before(trial_id, checkpoint):
             _event(sim, trial_id, "replay")
             return
-        with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
+        with checkpoint.as_directory() as restored:
+            state = json.loads((Path(restored) / STATE_FILE).read_text())
         start_step, best = int(state["step"]), float(state["best"])
     _event(sim, trial_id, "start", step=start_step)
     node = ray.get_runtime_context().get_node_id()

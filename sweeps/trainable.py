@@ -15,6 +15,12 @@ A trial resumed from a checkpoint that :class:`~sweeps.storage_pruning.PruneFini
 (it had ended, but the driver was killed before Tune's snapshot said so) ends the way it ended: it
 reports its last result again, or fails again, without training.
 
+A (re)started trial continues from the newest whole checkpoint of its own on storage, which may be
+newer than the one Tune hands it (:func:`resume_checkpoint`): Tune writes its experiment snapshot
+locally and uploads it in the background, so after a ``kill -9`` of the driver the snapshot can
+predate the trial's last persisted checkpoints, and Tune would restart the trial from an older one
+or from step 0.
+
 Each category gets its own function object named ``memseg_<category>``: Tune registers trainables by
 name per job, and the per-category Tuners run side by side in one driver, so a shared name would
 let one category's trials pick up another's base config. ``Tuner.restore`` checks the name, so it
@@ -30,10 +36,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.fs
 import ray
 from ray import tune
 
@@ -41,7 +49,14 @@ from memseg.config import MemSegConfig
 from memseg.errors import MemSegError
 from sweeps.search_space import overrides_from_params
 from sweeps.spec import ParamValue
-from sweeps.storage_pruning import RESUME_SCRATCH, TRAIN_SCRATCH, fallback_work_dir, read_marker, remove_scratch
+from sweeps.storage_pruning import (
+    RESUME_SCRATCH,
+    TRAIN_SCRATCH,
+    checkpoint_dirs,
+    fallback_work_dir,
+    read_marker,
+    remove_scratch,
+)
 from sweeps.tune_callback import NODE_KEY, TuneReportCallback
 
 if TYPE_CHECKING:
@@ -52,6 +67,9 @@ Trainable = Callable[[dict[str, ParamValue]], None]
 
 CallbackFactory = Callable[[str, MemSegConfig], Sequence["TrainingCallback"]]
 """Extra training callbacks of one trial, from its trial id and the config it trains with."""
+
+WholeCheck = Callable[[pyarrow.fs.FileSystem, str], bool]
+"""Whether the checkpoint folder at a path of a storage filesystem was persisted whole (resumable)."""
 
 
 class TrialEndedBeforeError(MemSegError):
@@ -114,7 +132,7 @@ def run_trial(
 
     ctx = tune.get_context()
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1.0)
-    checkpoint = tune.get_checkpoint()
+    checkpoint = resume_checkpoint(whole_memseg_checkpoint)
     if checkpoint is not None and end_as_before(ctx.get_trial_id(), checkpoint):
         return
 
@@ -156,4 +174,63 @@ def end_as_before(trial_id: str, checkpoint: tune.Checkpoint) -> bool:
                f"its checkpoint {checkpoint.path} was pruned, so it is not run again")
         raise TrialEndedBeforeError(msg)
     tune.report(dict(marker["result"]))
+    return True
+
+
+def checkpoint_index(path: str) -> int:
+    """The number of a ``checkpoint_NNNNNN`` folder."""
+    return int(path.rstrip("/").rsplit("_", 1)[-1])
+
+
+def newest_checkpoint(
+    fs: pyarrow.fs.FileSystem, trial_fs_path: str, given: str | None, whole: WholeCheck
+) -> str | None:
+    """The checkpoint a (re)started trial continues from: its newest usable one on storage, or ``given``.
+
+    A folder newer than ``given`` (Tune's choice; None: Tune knows none) is usable when it was pruned
+    (the trial ended: :func:`end_as_before` replays the end) or is ``whole``; one cut by a crash while
+    Tune copied it is skipped for the next older one.
+    """
+    floor = checkpoint_index(given) if given is not None else -1
+    for path in reversed(checkpoint_dirs(fs, trial_fs_path)):
+        if checkpoint_index(path) <= floor:
+            break
+        if read_marker(fs, path) is not None or whole(fs, path):
+            return path
+    return given
+
+
+def resume_checkpoint(whole: WholeCheck) -> tune.Checkpoint | None:
+    """Inside a trial: the checkpoint to continue from (:func:`newest_checkpoint`), None for a fresh start.
+
+    Also moves Tune's checkpoint counter past every folder on storage, so the trial's next checkpoint
+    never overwrites one written before a crash (the folder order stays the time order).
+    """
+    given = tune.get_checkpoint()
+    storage = tune.get_context().get_storage()
+    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+    folders = checkpoint_dirs(fs, trial_path)
+    if folders:
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, checkpoint_index(folders[-1]))
+    chosen = newest_checkpoint(fs, trial_path, given.path if given is not None else None, whole)
+    if chosen is None or (given is not None and chosen == given.path):
+        return given
+    return tune.Checkpoint(chosen, filesystem=fs)
+
+
+def whole_memseg_checkpoint(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    """Every model file of the checkpoint is present and a complete archive (``torch.save`` writes zip files).
+
+    A file cut short by a crash lacks the zip's closing directory, so the check reads only the end of
+    each file (a few small range reads on a bucket).
+    """
+    from memseg.training.checkpoint import BEST_MODEL_FILE, MODEL_FILE, TRAIN_STATE_FILE  # noqa: PLC0415 - as prunable_files
+
+    for name in (MODEL_FILE, BEST_MODEL_FILE, TRAIN_STATE_FILE):
+        file = f"{path.rstrip('/')}/{name}"
+        if fs.get_file_info(file).type != pyarrow.fs.FileType.File:
+            return False
+        with fs.open_input_file(file) as handle:
+            if not zipfile.is_zipfile(handle):
+                return False
     return True
