@@ -67,7 +67,7 @@ from sweeps.dataset import dataset_fingerprint, memory_pool_limit
 from sweeps.search_space import CategorySpace, load_space
 from sweeps.spec import ParamValue, SweepSpec, validate_spec
 from sweeps.status import CategoryState, Outcome, SweepStatus, classify
-from sweeps.storage_pruning import PruneFinishedTrials
+from sweeps.storage_pruning import KeepLatestCheckpoints, PruneFinishedTrials
 from sweeps.trainable import Trainable, make_trainable, trainable_name, trial_config
 
 logger = logging.getLogger(__name__)
@@ -443,7 +443,8 @@ def build_tuner(
             name=plan.experiment_name,
             storage_path=plan.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
+            # No num_to_keep: KeepLatestCheckpoints deletes old checkpoints without Tune's forced snapshots.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             callbacks=[*callbacks, StudyStartedCallback(_start_key(plan)), *_storage_callbacks(spec)],
             verbose=0,
         ),
@@ -451,8 +452,9 @@ def build_tuner(
 
 
 def _storage_callbacks(spec: SweepSpec) -> list[Callback]:
-    """Disk hygiene (checkpoints of ended trials pruned); restored with the study, like every callback."""
-    return [PruneFinishedTrials()] if spec.storage.prune_finished else []
+    """Disk hygiene (a trial's older checkpoints deleted, those of ended trials pruned); restored with the study."""
+    keep: list[Callback] = [KeepLatestCheckpoints(spec.storage.checkpoints_to_keep)]
+    return [*keep, PruneFinishedTrials()] if spec.storage.prune_finished else keep
 
 
 TrainableFactory = Callable[[CategoryPlan], Trainable]

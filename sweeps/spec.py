@@ -127,7 +127,10 @@ class StorageSettings(_Strict):
     """Where Tune keeps experiment state and checkpoints (must be shared on a multi-node cluster)."""
 
     path: str = Field("runs/sweeps", description="Local/NFS path (made absolute) or a bucket URI (s3://, gs://).")
-    checkpoints_to_keep: int = Field(1, ge=1, description="Checkpoints kept per trial (the latest).")
+    checkpoints_to_keep: int = Field(
+        1, ge=1, description="Checkpoints kept per trial (the latest); the sweep deletes older ones itself, "
+        "not through Tune's num_to_keep (sweeps/storage_pruning.py)."
+    )
     snapshot_interval_s: float | None = Field(
         None, gt=0.0, description="Experiment-state snapshot period (TUNE_GLOBAL_CHECKPOINT_S); None = Tune's auto."
     )

@@ -12,6 +12,16 @@ trial for nothing (the README's demo left ~12 GB behind):
   (``heatmaps/``, a few kB, read by the MLflow callback when the checkpoint is reported).
   :class:`PruneFinishedTrials` deletes ``model.pt`` and ``train_state.pt`` from them. A trial that
   is still running, or failed and will be retried, keeps its full checkpoint.
+* **Older checkpoints of a running trial.** :class:`KeepLatestCheckpoints` deletes a trial's
+  checkpoint folders older than its ``storage.checkpoints_to_keep`` latest each time it persists a new
+  one. This is what Tune's ``CheckpointConfig(num_to_keep)`` would do, but Tune pays for it with a
+  full experiment snapshot (trials, the Optuna study pickled, an upload, and a wait for the previous
+  upload) after every ``num_to_keep`` checkpoints of any trial, to keep its snapshot in step with the
+  deletions. With one study per category and ``num_to_keep=1`` that was most of the driver's own
+  work in the sweep-at-scale bench (docs/performance.md). The sweep does not need that step: a
+  restarted trial continues from its newest whole checkpoint on storage, whatever the snapshot
+  names (:func:`sweeps.trainable.resume_checkpoint`), and a folder is deleted only once a newer one
+  is on storage.
 * **Local scratch.** The trial's training output (``train/``) and its copy of the checkpoint it
   resumed from (``resume_checkpoint/``) live on the node's disk, under Ray's session folder. Every
   reported checkpoint is on storage once ``tune.report`` returns, so the trainable removes them
@@ -47,6 +57,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -54,7 +65,7 @@ from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
 
 import pyarrow.fs
-from ray.tune import Callback
+from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
@@ -155,6 +166,25 @@ def checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> list[str]:
         i.path for i in infos
         if i.type == pyarrow.fs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
     )
+
+
+def checkpoint_index(path: str) -> int:
+    """The number of a ``checkpoint_NNNNNN`` folder."""
+    return int(path.rstrip("/").rsplit("_", 1)[-1])
+
+
+def drop_older_checkpoints(fs: pyarrow.fs.FileSystem, newest: str, keep: int) -> int:
+    """Delete the checkpoint folders beside ``newest`` (a persisted one) older than the ``keep`` latest.
+
+    Folders numbered above ``newest`` (the trial may be writing its next one) are never touched.
+    Returns how many folders were deleted.
+    """
+    floor = checkpoint_index(newest) - keep
+    trial_path = posixpath.dirname(newest.rstrip("/"))
+    old = [path for path in checkpoint_dirs(fs, trial_path) if checkpoint_index(path) <= floor]
+    for path in old:
+        fs.delete_dir(path)
+    return len(old)
 
 
 def prune_checkpoint(fs: pyarrow.fs.FileSystem, path: str, record: EndRecord) -> int:
@@ -272,3 +302,22 @@ class PruneFinishedTrials(Callback):
                     logger.warning("trial %s: could not remove %s (%s)", trial.trial_id, work, exc)
         if freed:
             logger.debug("freed %.1f MB of trial scratch at the end of the study", freed / 2**20)
+
+
+class KeepLatestCheckpoints(Callback):
+    """Keeps a running trial's ``keep`` latest checkpoints on storage (see the module docstring).
+
+    Holds only ``keep``, so it pickles into Tune's experiment state and comes back on ``Tuner.restore``.
+    A failure to delete is logged and never stops the study.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: object
+    ) -> None:
+        try:
+            drop_older_checkpoints(checkpoint.filesystem, checkpoint.path, self.keep)
+        except Exception as exc:  # disk hygiene must not end a study
+            logger.warning("trial %s: older checkpoints not deleted (%s: %s)", trial.trial_id, type(exc).__name__, exc)

@@ -53,6 +53,7 @@ from sweeps.storage_pruning import (
     RESUME_SCRATCH,
     TRAIN_SCRATCH,
     checkpoint_dirs,
+    checkpoint_index,
     fallback_work_dir,
     read_marker,
     remove_scratch,
@@ -175,11 +176,6 @@ def end_as_before(trial_id: str, checkpoint: tune.Checkpoint) -> bool:
         raise TrialEndedBeforeError(msg)
     tune.report(dict(marker["result"]))
     return True
-
-
-def checkpoint_index(path: str) -> int:
-    """The number of a ``checkpoint_NNNNNN`` folder."""
-    return int(path.rstrip("/").rsplit("_", 1)[-1])
 
 
 def newest_checkpoint(

@@ -53,6 +53,18 @@ def test_prune_checkpoint_keeps_best_model_and_heatmaps(tmp_path: Path) -> None:
     assert sp.read_marker(LOCAL, str(ckpt)) == record
 
 
+def test_older_checkpoints_are_dropped_and_newer_ones_left(tmp_path: Path) -> None:
+    for i in range(5):
+        _checkpoint(tmp_path / f"checkpoint_{i:06d}", step=i)
+    newest = str(tmp_path / "checkpoint_000003")  # 000004: the trial is writing its next one
+    assert sp.drop_older_checkpoints(LOCAL, newest, keep=2) == 2
+    assert [Path(p).name for p in sp.checkpoint_dirs(LOCAL, str(tmp_path))] == [
+        "checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]
+    assert sp.drop_older_checkpoints(LOCAL, newest + "/", keep=1) == 1
+    assert sp.drop_older_checkpoints(LOCAL, newest, keep=1) == 0
+    assert [sp.checkpoint_index(p) for p in sp.checkpoint_dirs(LOCAL, str(tmp_path))] == [3, 4]
+
+
 def test_whole_or_foreign_checkpoints_are_left_alone(tmp_path: Path) -> None:
     whole = _checkpoint(tmp_path / "checkpoint_000000")
     assert sp.read_marker(LOCAL, str(whole)) is None
@@ -201,8 +213,8 @@ def _fit(storage: Path, name: str) -> Any:
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), stop=_stop, verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[sp.PruneFinishedTrials()],
+            # As the driver: old checkpoints go through our callback, not Tune's num_to_keep.
+            callbacks=[sp.KeepLatestCheckpoints(1), sp.PruneFinishedTrials()],
         ),
     )
     return tuner.fit()

@@ -21,7 +21,8 @@ import torch
 from memseg.training.checkpoint import BEST_MODEL_FILE, MODEL_FILE, TRAIN_STATE_FILE
 from sweeps import storage_pruning as sp
 from sweeps.simulated_trial import STATE_FILE, whole_simulated_checkpoint
-from sweeps.trainable import checkpoint_index, newest_checkpoint, whole_memseg_checkpoint
+from sweeps.storage_pruning import checkpoint_index
+from sweeps.trainable import newest_checkpoint, whole_memseg_checkpoint
 
 LOCAL = pyarrow.fs.LocalFileSystem()
 
@@ -44,6 +45,10 @@ def test_newest_whole_checkpoint_wins_over_tunes_older_choice(tmp_path: Path) ->
     _cut(tmp_path / "checkpoint_000002")
     # Tune knows none, or the first: the second (newest whole) is taken, the cut one skipped.
     assert newest_checkpoint(LOCAL, str(tmp_path), None, whole_simulated_checkpoint) == second
+    assert newest_checkpoint(LOCAL, str(tmp_path), first, whole_simulated_checkpoint) == second
+    # Tune's snapshot names a folder deleted since (only newer ones are kept): the newest whole one.
+    Path(first, STATE_FILE).unlink()
+    Path(first).rmdir()
     assert newest_checkpoint(LOCAL, str(tmp_path), first, whole_simulated_checkpoint) == second
     # Tune's choice is the newest whole one already: kept.
     assert newest_checkpoint(LOCAL, str(tmp_path), second, whole_simulated_checkpoint) == second
