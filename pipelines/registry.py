@@ -184,7 +184,7 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 def locate_checkpoint(experiment_path: str, trial_id: str, workdir: Path) -> Path:
     """The ``best_model.pt`` of a trial in the Tune experiment folder (local path or bucket URI).
 
-    Tune keeps the trial's latest reported checkpoints (``checkpoint_NNNNNN``); ``best_model.pt`` in
+    The sweep keeps the trial's latest reported checkpoints (``checkpoint_NNNNNN``); ``best_model.pt`` in
     the latest one is the trial's best-on-validation weights. A bucket file is copied to ``workdir``.
 
     Raises:

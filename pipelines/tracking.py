@@ -812,7 +812,7 @@ class MlflowTrialCallback(Callback):
         held.tags.update(tags)
 
     def _hold_picture(self, trial: Trial, checkpoint: Checkpoint, step: int) -> None:
-        # Read now: Tune may delete the checkpoint before the picture is due.
+        # Read now: a newer checkpoint may replace this one (deleted) before the picture is due.
         files = read_heatmap_files(checkpoint)
         if files:
             self._pictures[trial.trial_id] = _Picture(trial, files, step)

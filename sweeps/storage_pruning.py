@@ -12,16 +12,18 @@ trial for nothing (the README's demo left ~12 GB behind):
   (``heatmaps/``, a few kB, read by the MLflow callback when the checkpoint is reported).
   :class:`PruneFinishedTrials` deletes ``model.pt`` and ``train_state.pt`` from them. A trial that
   is still running, or failed and will be retried, keeps its full checkpoint.
-* **Older checkpoints of a running trial.** :class:`KeepLatestCheckpoints` deletes a trial's
-  checkpoint folders older than its ``storage.checkpoints_to_keep`` latest each time it persists a new
-  one. This is what Tune's ``CheckpointConfig(num_to_keep)`` would do, but Tune pays for it with a
-  full experiment snapshot (trials, the Optuna study pickled, an upload, and a wait for the previous
-  upload) after every ``num_to_keep`` checkpoints of any trial, to keep its snapshot in step with the
-  deletions. With one study per category and ``num_to_keep=1`` that was most of the driver's own
-  work in the sweep-at-scale bench (docs/performance.md). The sweep does not need that step: a
-  restarted trial continues from its newest whole checkpoint on storage, whatever the snapshot
-  names (:func:`sweeps.trainable.resume_checkpoint`), and a folder is deleted only once a newer one
-  is on storage.
+* **Older checkpoints of a running trial.** :class:`KeepLatestCheckpoints` empties a trial's
+  checkpoint folders older than its ``storage.checkpoints_to_keep`` latest each time it persists a
+  new one (:func:`retire_older_checkpoints`). Tune's ``CheckpointConfig(num_to_keep)`` would delete
+  them, but it keeps its experiment snapshot in step with the deletions by forcing a full snapshot
+  (every trial, the Optuna study pickled, an upload, and a wait for the previous upload) after every
+  ``num_to_keep`` checkpoints of any trial; at 15 categories that was about half of what the Tune
+  loops did besides waiting for events (docs/performance.md, "Sweep at scale (simulated)"). The sweep does not
+  need the snapshot to name the newest checkpoint: a restarted trial continues from its newest
+  whole checkpoint on storage (:func:`sweeps.trainable.resume_checkpoint`). A retired folder keeps
+  ``replaced.json`` (written before anything is deleted) because Tune refuses to restore a trial
+  whose snapshot names a folder that is gone; and a folder is retired only once a newer one is on
+  storage, so a trial always has a whole checkpoint to continue from.
 * **Local scratch.** The trial's training output (``train/``) and its copy of the checkpoint it
   resumed from (``resume_checkpoint/``) live on the node's disk, under Ray's session folder. Every
   reported checkpoint is on storage once ``tune.report`` returns, so the trainable removes them
@@ -74,6 +76,7 @@ from sweeps.tune_callback import NODE_KEY
 logger = logging.getLogger(__name__)
 
 MARKER = "pruned.json"
+REPLACED = "replaced.json"  # what a checkpoint folder keeps once a newer one replaced it
 TRAIN_SCRATCH = "train"  # fit()'s train.output_dir inside the trial's working folder
 RESUME_SCRATCH = "resume_checkpoint"  # local copy of the checkpoint a retried/resumed trial starts from
 FALLBACK_ROOT = "memseg-trials"  # under the temp dir when RAY_CHDIR_TO_TRIAL_DIR=0
@@ -173,18 +176,37 @@ def checkpoint_index(path: str) -> int:
     return int(path.rstrip("/").rsplit("_", 1)[-1])
 
 
-def drop_older_checkpoints(fs: pyarrow.fs.FileSystem, newest: str, keep: int) -> int:
-    """Delete the checkpoint folders beside ``newest`` (a persisted one) older than the ``keep`` latest.
+def retire_older_checkpoints(fs: pyarrow.fs.FileSystem, newest: str, keep: int) -> int:
+    """Empty the checkpoint folders beside ``newest`` (a persisted one) older than the ``keep`` latest.
 
-    Folders numbered above ``newest`` (the trial may be writing its next one) are never touched.
-    Returns how many folders were deleted.
+    A retired folder keeps only ``replaced.json`` (written before anything is deleted), so it still
+    exists for Tune: Tune refuses to restore a trial whose snapshot names a checkpoint folder that is
+    gone, while the trainable skips a retired one for the newest whole folder. Folders numbered above
+    ``newest`` (the trial may be writing its next one) are never touched. One listing of the trial's
+    folder per call. Returns how many folders were retired.
     """
     floor = checkpoint_index(newest) - keep
     trial_path = posixpath.dirname(newest.rstrip("/"))
-    old = [path for path in checkpoint_dirs(fs, trial_path) if checkpoint_index(path) <= floor]
-    for path in old:
-        fs.delete_dir(path)
-    return len(old)
+    contents: dict[str, list[pyarrow.fs.FileInfo]] = {}
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_path, recursive=True, allow_not_found=True)):
+        relative = info.path[len(trial_path):].strip("/").split("/")
+        if relative[0].startswith("checkpoint_") and len(relative) > 1:
+            contents.setdefault(f"{trial_path}/{relative[0]}", []).append(info)
+    retired = 0
+    for folder, infos in contents.items():
+        if checkpoint_index(folder) > floor or [posixpath.basename(i.path) for i in infos] == [REPLACED]:
+            continue
+        if not any(posixpath.basename(i.path) == REPLACED for i in infos):
+            with fs.open_output_stream(f"{folder}/{REPLACED}") as out:
+                out.write(json.dumps({"replaced_by": posixpath.basename(newest.rstrip("/"))}).encode())
+        tops = {f"{folder}/{i.path[len(folder):].strip('/').split('/')[0]}" for i in infos}
+        for top in sorted(tops - {f"{folder}/{REPLACED}"}):
+            if fs.get_file_info(top).type == pyarrow.fs.FileType.Directory:
+                fs.delete_dir(top)
+            else:
+                fs.delete_file(top)
+        retired += 1
+    return retired
 
 
 def prune_checkpoint(fs: pyarrow.fs.FileSystem, path: str, record: EndRecord) -> int:
@@ -318,6 +340,6 @@ class KeepLatestCheckpoints(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: object
     ) -> None:
         try:
-            drop_older_checkpoints(checkpoint.filesystem, checkpoint.path, self.keep)
+            retire_older_checkpoints(checkpoint.filesystem, checkpoint.path, self.keep)
         except Exception as exc:  # disk hygiene must not end a study
-            logger.warning("trial %s: older checkpoints not deleted (%s: %s)", trial.trial_id, type(exc).__name__, exc)
+            logger.warning("trial %s: older checkpoints not retired (%s: %s)", trial.trial_id, type(exc).__name__, exc)

@@ -53,16 +53,27 @@ def test_prune_checkpoint_keeps_best_model_and_heatmaps(tmp_path: Path) -> None:
     assert sp.read_marker(LOCAL, str(ckpt)) == record
 
 
-def test_older_checkpoints_are_dropped_and_newer_ones_left(tmp_path: Path) -> None:
+def test_older_checkpoints_are_retired_and_newer_ones_left(tmp_path: Path) -> None:
     for i in range(5):
         _checkpoint(tmp_path / f"checkpoint_{i:06d}", step=i)
     newest = str(tmp_path / "checkpoint_000003")  # 000004: the trial is writing its next one
-    assert sp.drop_older_checkpoints(LOCAL, newest, keep=2) == 2
-    assert [Path(p).name for p in sp.checkpoint_dirs(LOCAL, str(tmp_path))] == [
-        "checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]
-    assert sp.drop_older_checkpoints(LOCAL, newest + "/", keep=1) == 1
-    assert sp.drop_older_checkpoints(LOCAL, newest, keep=1) == 0
-    assert [sp.checkpoint_index(p) for p in sp.checkpoint_dirs(LOCAL, str(tmp_path))] == [3, 4]
+    assert sp.retire_older_checkpoints(LOCAL, newest, keep=2) == 2
+
+    def contents() -> dict[str, list[str]]:
+        return {Path(c).name: sorted(os.listdir(c)) for c in sp.checkpoint_dirs(LOCAL, str(tmp_path))}
+
+    whole = sorted([BEST_MODEL_FILE, HEATMAP_DIR, MODEL_FILE, TRAIN_STATE_FILE])
+    # The folders stay (Tune checks that the one its snapshot names exists), emptied but for the marker.
+    assert contents() == {"checkpoint_000000": [sp.REPLACED], "checkpoint_000001": [sp.REPLACED],
+                          "checkpoint_000002": whole, "checkpoint_000003": whole, "checkpoint_000004": whole}
+    assert json.loads((tmp_path / "checkpoint_000000" / sp.REPLACED).read_text()) == {
+        "replaced_by": "checkpoint_000003"}
+    assert sp.retire_older_checkpoints(LOCAL, newest + "/", keep=1) == 1
+    assert sp.retire_older_checkpoints(LOCAL, newest, keep=1) == 0  # nothing left to retire
+    assert [names == whole for names in contents().values()] == [False, False, False, True, True]
+    # A retired folder is neither pruned nor read as a pruned trial's end.
+    assert sp.prune_checkpoint(LOCAL, str(tmp_path / "checkpoint_000000"), {"status": "TERMINATED"}) == 0
+    assert sp.read_marker(LOCAL, str(tmp_path / "checkpoint_000000")) is None
 
 
 def test_whole_or_foreign_checkpoints_are_left_alone(tmp_path: Path) -> None:
@@ -213,7 +224,7 @@ def _fit(storage: Path, name: str) -> Any:
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), stop=_stop, verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
-            # As the driver: old checkpoints go through our callback, not Tune's num_to_keep.
+            # As the driver: old checkpoints are retired by our callback, not Tune's num_to_keep.
             callbacks=[sp.KeepLatestCheckpoints(1), sp.PruneFinishedTrials()],
         ),
     )
@@ -234,12 +245,13 @@ def test_tune_study_prunes_ended_trials_only(local_ray: Any, tmp_path: Path) -> 
     results = _by_kind(grid)
 
     pruned = sorted([BEST_MODEL_FILE, HEATMAP_DIR, sp.MARKER])
-    for kind, status, step in (("ok", "TERMINATED", STEPS), ("stopped", "TERMINATED", 1),
-                               ("flaky", "TERMINATED", STEPS), ("broken", "ERROR", 1)):
+    # Checkpoints reported per trial: every one but the last retired (KeepLatestCheckpoints(1)).
+    for kind, status, step, reported in (("ok", "TERMINATED", STEPS, 3), ("stopped", "TERMINATED", 1, 1),
+                                         ("flaky", "TERMINATED", STEPS, 3), ("broken", "ERROR", 1, 1)):
         r = results[kind]
         files = _checkpoint_files(r)
-        assert list(files.values()) == [pruned], (kind, files)
-        marker = sp.read_marker(LOCAL, sp.checkpoint_dirs(LOCAL, r.path)[0])
+        assert list(files.values()) == [[sp.REPLACED]] * (reported - 1) + [pruned], (kind, files)
+        marker = sp.read_marker(LOCAL, sp.checkpoint_dirs(LOCAL, r.path)[-1])
         assert marker["status"] == status, kind
         assert marker["result"]["step"] == step == r.metrics["step"], kind
     # The flaky trial resumed from a whole checkpoint (the trainable raises otherwise) and finished.

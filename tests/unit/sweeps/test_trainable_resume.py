@@ -10,6 +10,7 @@ continues from the newest whole one and writes its next checkpoint after all of 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,9 @@ def crashing_trial(config: dict[str, Any]) -> None:
     """On its first attempt leaves checkpoints on storage that Tune did not record, then fails.
 
     ``recorded``: reports step 1 (Tune records ``checkpoint_000000``), then step 2 lands on storage
-    unrecorded (``checkpoint_000001``) and step 3's copy is cut (``checkpoint_000002``).
+    unrecorded (``checkpoint_000001``), which retires ``checkpoint_000000`` as the sweep's
+    ``KeepLatestCheckpoints`` does, and step 3's copy is cut (``checkpoint_000002``). Tune restores the
+    retry with the retired folder.
     ``unrecorded``: step 1 lands on storage unrecorded (``checkpoint_000000``); Tune knows no checkpoint.
     The retry reports every step it trains: it must start after the newest whole checkpoint.
     """
@@ -123,6 +126,7 @@ def crashing_trial(config: dict[str, Any]) -> None:
             _write_state(scratch / "1", 1)
             tune.report({"step": 1, "start": start}, checkpoint=tune.Checkpoint.from_directory(str(scratch / "1")))
             _write_state(trial / "checkpoint_000001", 2)
+            sp.retire_older_checkpoints(storage.storage_filesystem, str(trial / "checkpoint_000001"), keep=1)
             _cut(trial / "checkpoint_000002")
         else:
             _write_state(trial / "checkpoint_000000", 1)
@@ -166,8 +170,8 @@ def test_retried_trial_continues_from_checkpoints_tune_did_not_record(local_ray:
     folders = sp.checkpoint_dirs(LOCAL, recorded.path)
     # The retry wrote after every folder already there: the cut one is left as it was, none overwritten.
     assert [checkpoint_index(f) for f in folders] == [0, 1, 2, 3, 4]
-    assert [json.loads(Path(f, STATE_FILE).read_text())["step"] for f in (folders[0], folders[1], *folders[3:])] \
-        == [1, 2, 3, 4]
+    assert os.listdir(folders[0]) == [sp.REPLACED]  # the folder Tune restored the retry with
+    assert [json.loads(Path(f, STATE_FILE).read_text())["step"] for f in (folders[1], *folders[3:])] == [2, 3, 4]
     assert Path(recorded.checkpoint.path).name == "checkpoint_000004"
 
     unrecorded = results["unrecorded"]
