@@ -443,7 +443,7 @@ def build_tuner(
             name=plan.experiment_name,
             storage_path=plan.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-            # No num_to_keep: KeepLatestCheckpoints deletes old checkpoints without Tune's forced snapshots.
+            # No num_to_keep: KeepLatestCheckpoints retires old checkpoints without Tune's forced snapshots.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             callbacks=[*callbacks, StudyStartedCallback(_start_key(plan)), *_storage_callbacks(spec)],
             verbose=0,
@@ -452,7 +452,7 @@ def build_tuner(
 
 
 def _storage_callbacks(spec: SweepSpec) -> list[Callback]:
-    """Disk hygiene (a trial's older checkpoints deleted, those of ended trials pruned); restored with the study."""
+    """Disk hygiene (a trial's older checkpoints retired, those of ended trials pruned); restored with the study."""
     keep: list[Callback] = [KeepLatestCheckpoints(spec.storage.checkpoints_to_keep)]
     return [*keep, PruneFinishedTrials()] if spec.storage.prune_finished else keep
 

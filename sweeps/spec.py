@@ -128,7 +128,7 @@ class StorageSettings(_Strict):
 
     path: str = Field("runs/sweeps", description="Local/NFS path (made absolute) or a bucket URI (s3://, gs://).")
     checkpoints_to_keep: int = Field(
-        1, ge=1, description="Checkpoints kept per trial (the latest); the sweep deletes older ones itself, "
+        1, ge=1, description="Checkpoints kept per trial (the latest); the sweep empties older ones itself, "
         "not through Tune's num_to_keep (sweeps/storage_pruning.py)."
     )
     snapshot_interval_s: float | None = Field(

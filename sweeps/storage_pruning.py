@@ -187,24 +187,26 @@ def retire_older_checkpoints(fs: pyarrow.fs.FileSystem, newest: str, keep: int) 
     """
     floor = checkpoint_index(newest) - keep
     trial_path = posixpath.dirname(newest.rstrip("/"))
-    contents: dict[str, list[pyarrow.fs.FileInfo]] = {}
+    entries: dict[str, list[pyarrow.fs.FileInfo]] = {}  # checkpoint folder -> what is directly inside it
     for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_path, recursive=True, allow_not_found=True)):
-        relative = info.path[len(trial_path):].strip("/").split("/")
-        if relative[0].startswith("checkpoint_") and len(relative) > 1:
-            contents.setdefault(f"{trial_path}/{relative[0]}", []).append(info)
+        parts = info.path[len(trial_path):].strip("/").split("/")
+        if len(parts) == 2 and parts[0].startswith("checkpoint_"):
+            entries.setdefault(f"{trial_path}/{parts[0]}", []).append(info)
     retired = 0
-    for folder, infos in contents.items():
-        if checkpoint_index(folder) > floor or [posixpath.basename(i.path) for i in infos] == [REPLACED]:
+    for folder, inside in entries.items():
+        names = [posixpath.basename(i.path) for i in inside]
+        if checkpoint_index(folder) > floor or names == [REPLACED]:
             continue
-        if not any(posixpath.basename(i.path) == REPLACED for i in infos):
+        if REPLACED not in names:
             with fs.open_output_stream(f"{folder}/{REPLACED}") as out:
                 out.write(json.dumps({"replaced_by": posixpath.basename(newest.rstrip("/"))}).encode())
-        tops = {f"{folder}/{i.path[len(folder):].strip('/').split('/')[0]}" for i in infos}
-        for top in sorted(tops - {f"{folder}/{REPLACED}"}):
-            if fs.get_file_info(top).type == pyarrow.fs.FileType.Directory:
-                fs.delete_dir(top)
+        for info in inside:
+            if posixpath.basename(info.path) == REPLACED:
+                continue
+            if info.type == pyarrow.fs.FileType.Directory:
+                fs.delete_dir(info.path)
             else:
-                fs.delete_file(top)
+                fs.delete_file(info.path)
         retired += 1
     return retired
 
@@ -330,7 +332,7 @@ class KeepLatestCheckpoints(Callback):
     """Keeps a running trial's ``keep`` latest checkpoints on storage (see the module docstring).
 
     Holds only ``keep``, so it pickles into Tune's experiment state and comes back on ``Tuner.restore``.
-    A failure to delete is logged and never stops the study.
+    A failure to retire is logged and never stops the study.
     """
 
     def __init__(self, keep: int) -> None:

@@ -179,16 +179,17 @@ def end_as_before(trial_id: str, checkpoint: tune.Checkpoint) -> bool:
 
 
 def newest_checkpoint(
-    fs: pyarrow.fs.FileSystem, trial_fs_path: str, given: str | None, whole: WholeCheck
+    fs: pyarrow.fs.FileSystem, folders: Sequence[str], given: str | None, whole: WholeCheck
 ) -> str | None:
     """The checkpoint a (re)started trial continues from: its newest usable one on storage, or ``given``.
 
+    ``folders`` are the trial's checkpoint folders on storage, oldest first (:func:`checkpoint_dirs`).
     A folder newer than ``given`` (Tune's choice; None: Tune knows none) is usable when it was pruned
     (the trial ended: :func:`end_as_before` replays the end) or is ``whole``; one cut by a crash while
     Tune copied it is skipped for the next older one.
     """
     floor = checkpoint_index(given) if given is not None else -1
-    for path in reversed(checkpoint_dirs(fs, trial_fs_path)):
+    for path in reversed(folders):
         if checkpoint_index(path) <= floor:
             break
         if read_marker(fs, path) is not None or whole(fs, path):
@@ -204,11 +205,11 @@ def resume_checkpoint(whole: WholeCheck) -> tune.Checkpoint | None:
     """
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
-    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
-    folders = checkpoint_dirs(fs, trial_path)
+    fs = storage.storage_filesystem
+    folders = checkpoint_dirs(fs, storage.trial_fs_path)
     if folders:
         storage.current_checkpoint_index = max(storage.current_checkpoint_index, checkpoint_index(folders[-1]))
-    chosen = newest_checkpoint(fs, trial_path, given.path if given is not None else None, whole)
+    chosen = newest_checkpoint(fs, folders, given.path if given is not None else None, whole)
     if chosen is None or (given is not None and chosen == given.path):
         return given
     return tune.Checkpoint(chosen, filesystem=fs)

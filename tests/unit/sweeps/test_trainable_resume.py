@@ -41,27 +41,31 @@ def _cut(folder: Path) -> str:
     return str(folder)
 
 
+def _newest(trial: Path, given: str | None) -> str | None:
+    return newest_checkpoint(LOCAL, sp.checkpoint_dirs(LOCAL, str(trial)), given, whole_simulated_checkpoint)
+
+
 def test_newest_whole_checkpoint_wins_over_tunes_older_choice(tmp_path: Path) -> None:
     first, second = _state(tmp_path / "checkpoint_000000", 1), _state(tmp_path / "checkpoint_000001", 2)
     _cut(tmp_path / "checkpoint_000002")
     # Tune knows none, or the first: the second (newest whole) is taken, the cut one skipped.
-    assert newest_checkpoint(LOCAL, str(tmp_path), None, whole_simulated_checkpoint) == second
-    assert newest_checkpoint(LOCAL, str(tmp_path), first, whole_simulated_checkpoint) == second
+    assert _newest(tmp_path, None) == second
+    assert _newest(tmp_path, first) == second
     # Tune's snapshot names a folder deleted since (only newer ones are kept): the newest whole one.
     Path(first, STATE_FILE).unlink()
     Path(first).rmdir()
-    assert newest_checkpoint(LOCAL, str(tmp_path), first, whole_simulated_checkpoint) == second
+    assert _newest(tmp_path, first) == second
     # Tune's choice is the newest whole one already: kept.
-    assert newest_checkpoint(LOCAL, str(tmp_path), second, whole_simulated_checkpoint) == second
+    assert _newest(tmp_path, second) == second
 
 
 def test_nothing_newer_on_storage_keeps_tunes_choice(tmp_path: Path) -> None:
-    assert newest_checkpoint(LOCAL, str(tmp_path / "absent"), None, whole_simulated_checkpoint) is None
+    assert _newest(tmp_path / "absent", None) is None
     only_cut = _cut(tmp_path / "t" / "checkpoint_000000")
-    assert newest_checkpoint(LOCAL, str(tmp_path / "t"), None, whole_simulated_checkpoint) is None
+    assert _newest(tmp_path / "t", None) is None
     given = _state(tmp_path / "u" / "checkpoint_000004", 5)
     _cut(tmp_path / "u" / "checkpoint_000005")
-    assert newest_checkpoint(LOCAL, str(tmp_path / "u"), given, whole_simulated_checkpoint) == given
+    assert _newest(tmp_path / "u", given) == given
     assert checkpoint_index(only_cut) == 0 and checkpoint_index(given + "/") == 4
 
 
@@ -71,7 +75,7 @@ def test_a_pruned_checkpoint_counts_as_usable(tmp_path: Path) -> None:
     pruned = tmp_path / "checkpoint_000001"
     pruned.mkdir()
     (pruned / sp.MARKER).write_text(json.dumps({"status": "TERMINATED", "trial_id": "t", "result": {}}))
-    assert newest_checkpoint(LOCAL, str(tmp_path), None, whole_simulated_checkpoint) == str(pruned)
+    assert _newest(tmp_path, None) == str(pruned)
 
 
 def test_memseg_checkpoint_is_whole_only_with_every_model_file_complete(tmp_path: Path) -> None:
