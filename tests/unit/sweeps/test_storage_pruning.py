@@ -35,6 +35,11 @@ def _checkpoint(folder: Path, step: int = 1, model_bytes: int = 3000, state_byte
     return folder
 
 
+def _folder_files(trial_path: str) -> dict[str, list[str]]:
+    """What each checkpoint folder of a trial holds, by folder name."""
+    return {Path(c).name: sorted(os.listdir(c)) for c in sp.checkpoint_dirs(LOCAL, trial_path)}
+
+
 # --- files -----------------------------------------------------------------------------------------
 
 
@@ -59,18 +64,15 @@ def test_older_checkpoints_are_retired_and_newer_ones_left(tmp_path: Path) -> No
     newest = str(tmp_path / "checkpoint_000003")  # 000004: the trial is writing its next one
     assert sp.retire_older_checkpoints(LOCAL, newest, keep=2) == 2
 
-    def contents() -> dict[str, list[str]]:
-        return {Path(c).name: sorted(os.listdir(c)) for c in sp.checkpoint_dirs(LOCAL, str(tmp_path))}
-
     whole = sorted([BEST_MODEL_FILE, HEATMAP_DIR, MODEL_FILE, TRAIN_STATE_FILE])
     # The folders stay (Tune checks that the one its snapshot names exists), emptied but for the marker.
-    assert contents() == {"checkpoint_000000": [sp.REPLACED], "checkpoint_000001": [sp.REPLACED],
+    assert _folder_files(str(tmp_path)) == {"checkpoint_000000": [sp.REPLACED], "checkpoint_000001": [sp.REPLACED],
                           "checkpoint_000002": whole, "checkpoint_000003": whole, "checkpoint_000004": whole}
     assert json.loads((tmp_path / "checkpoint_000000" / sp.REPLACED).read_text()) == {
         "replaced_by": "checkpoint_000003"}
     assert sp.retire_older_checkpoints(LOCAL, newest + "/", keep=1) == 1
     assert sp.retire_older_checkpoints(LOCAL, newest, keep=1) == 0  # nothing left to retire
-    assert [names == whole for names in contents().values()] == [False, False, False, True, True]
+    assert [names == whole for names in _folder_files(str(tmp_path)).values()] == [False, False, False, True, True]
     # A retired folder is neither pruned nor read as a pruned trial's end.
     assert sp.prune_checkpoint(LOCAL, str(tmp_path / "checkpoint_000000"), {"status": "TERMINATED"}) == 0
     assert sp.read_marker(LOCAL, str(tmp_path / "checkpoint_000000")) is None
@@ -236,7 +238,7 @@ def _by_kind(grid: Any) -> dict[str, Any]:
 
 
 def _checkpoint_files(result: Any) -> dict[str, list[str]]:
-    return {Path(c).name: sorted(os.listdir(c)) for c in sp.checkpoint_dirs(LOCAL, result.path)}
+    return _folder_files(result.path)
 
 
 @pytest.mark.ray
