@@ -17,7 +17,7 @@ import torch
 from memseg.bench.figures import Clock, Figure
 from memseg.bench.machine import available_cpus
 from memseg.bench.report import BenchReport
-from memseg.config import MemSegConfig, resolve_for_category
+from memseg.config import MemSegConfig, parse_overrides, resolve_for_category
 from memseg.data.datasets import load_memory_images
 from memseg.data.mvtec import Sample, list_category
 from memseg.data.synthetic_mvtec import generate_dataset
@@ -48,6 +48,9 @@ class BenchSettings:
             all threads: on a machine shared with other jobs, a 1-thread run timed in CPU time
             approximates the idle machine; the DataLoader figures always use wall time, since their
             workers are other processes).
+        overrides: ``section.field=value`` config changes applied to every figure (``--set``), e.g.
+            ``model.memory_match=nearest`` to time that matching; the bench's own settings win on the
+            fields they name (size, memory size, weights, batch, device).
     """
 
     device: str = "cpu"
@@ -65,6 +68,7 @@ class BenchSettings:
     seed: int = 0
     dtd_root: str | None = None
     clock: str = "wall"
+    overrides: tuple[str, ...] = ()
 
     @property
     def timer(self) -> Clock:
@@ -93,6 +97,8 @@ class BenchSettings:
         if self.size % 32:
             msg = f"--size: must be divisible by 32, got {self.size}"
             raise ConfigError(msg)
+        # A wrong key or value is refused here, naming the field, before any data is generated.
+        MemSegConfig().with_overrides(list(self.overrides))
 
 
 @dataclass
@@ -131,6 +137,7 @@ def make_bench_data(settings: BenchSettings, out: str | Path) -> BenchData:
 def bench_config(settings: BenchSettings, data_root: str | Path, **overrides: object) -> MemSegConfig:
     """The resolved training config the bench uses: the authors' defaults at ``size`` on the bench data."""
     changes: dict[str, object] = {
+        **parse_overrides(list(settings.overrides)),
         "data.root": str(data_root),
         "data.category": settings.category,
         "data.image_size": settings.size,

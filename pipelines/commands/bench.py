@@ -39,6 +39,7 @@ examples:
   memseg bench --quick --size 64 --json out.json     # CI smoke run
   memseg bench --device cuda --json bench_cuda.json  # on a GPU node
   memseg bench --threads 1 --clock cpu --skip-sweep  # compare commits on a busy shared machine
+  memseg bench --sections inference deployment --skip-sweep --set model.memory_match=nearest   # another config
   memseg bench --compare before.json after.json      # what changed, beyond the min-max noise
   memseg bench --compare main.json pr.json --max-regression 10   # exit 1 on a >10 % regression
   memseg bench sweep-scale --sizes 2x16x8 --json scale.json       # the sweep machinery at scale, simulated
@@ -67,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time (default) or CPU time")
     p.add_argument("--dtd-root", metavar="DIR", help="DTD root for texture sources (default: procedural)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="a config change for every figure, e.g. model.memory_match=nearest (repeatable)")
     p.add_argument(
         "--sections", nargs="+", metavar="NAME",
         help="any of synthesis loader training inference deployment (default: all; deployment: the exported "
@@ -190,7 +193,7 @@ def handle(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         device=args.device, size=args.size, source_size=args.source_size, quick=args.quick, repeats=args.repeats,
         warmup=args.warmup, weights=args.weights, category=args.category, workers=args.workers,
-        threads=args.threads, dtd_root=args.dtd_root, clock=args.clock,
+        threads=args.threads, dtd_root=args.dtd_root, clock=args.clock, overrides=tuple(args.overrides),
     )
 
     def log(line: str) -> None:

@@ -18,7 +18,7 @@ from memseg.bench.figures import Better, Figure, Stats, latency_stats, percentil
 from memseg.bench.machine import machine_info
 from memseg.bench.peak_rss import PeakRSS
 from memseg.bench.report import SCHEMA_VERSION, BenchReport, format_table
-from memseg.bench.workload import BenchData, BenchSettings, Section
+from memseg.bench.workload import BenchData, BenchSettings, Section, bench_config
 
 # The names reports have carried since the bench was written: renaming one would make old reports
 # incomparable, so the declarations must keep them.
@@ -110,6 +110,14 @@ def test_settings_defaults() -> None:
     assert (s.device, s.size, s.source_size, s.weights, s.memory_size, s.batch_size) == ("cpu", 256, 384, "none", 30, 8)
     assert s.runs == 5 and BenchSettings(quick=True).runs == 3 and BenchSettings(repeats=7, quick=True).runs == 7
     assert BenchSettings(workers=3).n_workers == 3 and BenchSettings().n_workers >= 1
+
+
+def test_set_overrides_reach_the_config_and_the_bench_settings_win(tmp_path: Path) -> None:
+    settings = BenchSettings(size=64, overrides=("model.memory_match=nearest", "data.image_size=128"))
+    cfg = bench_config(settings, tmp_path)
+    assert cfg.model.memory_match == "nearest"
+    assert cfg.data.image_size == 64  # --size names the image size; a --set cannot contradict it
+    assert bench_config(BenchSettings(), tmp_path).model.memory_match == "aligned"
 
 
 def test_sections_declare_the_reported_figures_once_with_a_direction() -> None:
@@ -216,6 +224,7 @@ def test_run_bench_fails_when_a_section_forgets_a_declared_figure(
         (BenchSettings(size=100), ["synthesis"], "--size: must be divisible by 32"),
         (BenchSettings(device="tpu"), ["synthesis"], "--device: expected cpu or cuda"),
         (BenchSettings(clock="cycles"), ["synthesis"], "--clock: expected wall or cpu"),
+        (BenchSettings(overrides=("model.memory_match=everywhere",)), ["synthesis"], "model.memory_match"),
     ],
 )
 def test_run_bench_rejects_bad_settings(settings: BenchSettings, sections: list[str], message: str) -> None:
