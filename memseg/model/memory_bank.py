@@ -43,33 +43,6 @@ def _nearest_rows(queries: Tensor, keys: Tensor) -> Tensor:
     return torch.cat([torch.cdist(queries[i : i + step], keys).argmin(dim=1) for i in range(0, queries.shape[0], step)])
 
 
-def _nearest_keys_in_chunks(queries: Tensor, keys: Tensor, rows_per_query: int) -> Tensor:
-    """Index of each query's nearest key (L2), from ops every ONNX runtime has.
-
-    The exported graph's batch is dynamic, so blocks of queries (as :func:`_nearest_rows` makes them)
-    would be a loop of unknown length; the keys are the memory, fixed at export, so the graph walks
-    them in chunks instead (``rows_per_query`` x chunk distances at most) and keeps a running minimum.
-    Squared distances as ``|q|^2 - 2 q.k + |k|^2``: the same expansion ``torch.cdist`` uses at these sizes.
-    """
-    chunk = max(1, _DISTANCE_BLOCK // max(1, rows_per_query))
-    query_norms = (queries * queries).sum(dim=1, keepdim=True)
-    best_distance: Tensor | None = None
-    best_index: Tensor | None = None
-    for start in range(0, keys.shape[0], chunk):
-        block = keys[start : start + chunk]
-        distances = query_norms - 2.0 * queries @ block.T + (block * block).sum(dim=1)[None]
-        distance, index = distances.min(dim=1)
-        index = index + start
-        if best_distance is None or best_index is None:
-            best_distance, best_index = distance, index
-            continue
-        closer = distance < best_distance
-        best_distance = torch.where(closer, distance, best_distance)
-        best_index = torch.where(closer, index, best_index)
-    assert best_index is not None  # the memory is never empty here
-    return best_index
-
-
 def _l1_to_each_sample(pooled: Tensor, memory: Tensor) -> Tensor:
     """``(B, N)`` L1 distances as one subtraction and sum per memory sample.
 
@@ -224,16 +197,11 @@ class MemoryBank(nn.Module):
             b, c, h, w = p.shape
             queries = p.permute(0, 2, 3, 1).reshape(-1, c)
             keys = m.permute(0, 2, 3, 1).reshape(-1, c)
-            if self.export_friendly:
-                nearest = _nearest_keys_in_chunks(queries, keys, h * w)
-            else:
-                nearest = _nearest_rows(queries, keys)
+            nearest = _nearest_rows(queries, keys)
             matched = keys.index_select(0, nearest).reshape(b, h, w, c).permute(0, 3, 1, 2)
             differences.append((p - matched).abs_().mul_(self.diff_scale))
-            samples = torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1)
-            # The sample that supplied most of an image's matches, for inspection only; the exported
-            # graph has no mode (and returns the map alone), so there it is the first location's sample.
-            indices.append(samples[:, 0] if self.export_friendly else samples.mode(dim=1).values)
+            # The sample that supplied most of an image's matches, for inspection only.
+            indices.append(torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1).mode(dim=1).values)
         return torch.stack(indices, dim=1), differences
 
     def _check_levels(self, features: Sequence[Tensor], where: str) -> None:

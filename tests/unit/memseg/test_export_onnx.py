@@ -102,19 +102,10 @@ def test_a_checkpoint_of_another_size_is_refused_naming_file_and_field(
     assert not any(tmp_path.iterdir())
 
 
-def test_nearest_memory_matching_exports_to_the_same_maps(
-    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_nearest_memory_matching_is_refused_by_name(exported: tuple[Path, Path], tmp_path: Path) -> None:
     model, cfg = load_checkpoint(exported[0])
-    model.memory.match = "nearest"
-    with torch.no_grad():
-        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
-    # Several memory chunks per level in the graph, as at full size.
-    monkeypatch.setattr("memseg.model.memory_bank._DISTANCE_BLOCK", 1 << 12)
-    onnx_file = export_onnx(model, cfg.with_overrides({"model.memory_match": "nearest"}), tmp_path / "m.onnx")
-    got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
-    np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
-    assert stored_config(onnx_file).model.memory_match == "nearest"
+    with pytest.raises(ConfigError, match="model.memory_match=nearest"):
+        export_onnx(model, cfg.with_overrides({"model.memory_match": "nearest"}), tmp_path / "m.onnx")
 
 
 def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:

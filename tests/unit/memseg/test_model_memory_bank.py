@@ -94,22 +94,6 @@ def test_nearest_match_in_small_blocks_gives_the_same_differences(monkeypatch: p
         torch.testing.assert_close(a, b)
 
 
-def test_nearest_match_for_export_walks_the_memory_in_chunks_to_the_same_differences(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    memory, batch = _features(4, seed=10), _features(3, seed=11)
-    bank = _bank(match="nearest")
-    bank.build(memory)
-    expected = bank(batch)
-    # A block this small splits every level's memory into several chunks: the running minimum must
-    # carry across chunk borders.
-    monkeypatch.setattr("memseg.model.memory_bank._DISTANCE_BLOCK", 40)
-    bank.export_friendly = True
-    chunked = bank(batch)
-    for a, b in zip(expected.differences, chunked.differences, strict=True):
-        torch.testing.assert_close(a, b)
-
-
 def test_without_pooling_compares_raw_features() -> None:
     memory, batch = _features(4, seed=3), _features(2, seed=4)
     bank = _bank(pooling=False, diff_scale=1.0)
