@@ -24,7 +24,8 @@ from memseg.bench.figures import Better, Figure, rate_stats, time_runs
 from memseg.bench.report import BenchReport
 from memseg.bench.workload import BenchData, BenchSettings, Section, bench_config
 from memseg.data.datasets import load_images, load_memory_images, to_tensor
-from memseg.export.onnx_graph import export_onnx
+from memseg.errors import ConfigError
+from memseg.export.onnx_graph import DEFAULT_OPSET, check_exportable, export_onnx
 from memseg.export.quantize import quantize_int8
 from memseg.export.runtime import INPUT_NAME, OUTPUT_NAME
 from memseg.model import create_model
@@ -76,6 +77,12 @@ def measure(settings: BenchSettings, data: BenchData, report: BenchReport) -> No
             report.skip(figure, "CPU runtimes (measured with --device cpu)")
         return
     cfg = bench_config(settings, data.root)
+    try:
+        check_exportable(cfg, opset=DEFAULT_OPSET, image_size=None, source="bench model")
+    except ConfigError as exc:  # a --set the exporter refuses: the other sections' figures still stand
+        for figure in FIGURES:
+            report.skip(figure, f"not exportable: {exc}")
+        return
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg).eval()
     model.build_memory(load_memory_images(data.memory, settings.size))

@@ -39,7 +39,7 @@ examples:
   memseg bench --quick --size 64 --json out.json     # CI smoke run
   memseg bench --device cuda --json bench_cuda.json  # on a GPU node
   memseg bench --threads 1 --clock cpu --skip-sweep  # compare commits on a busy shared machine
-  memseg bench --sections inference deployment --skip-sweep --set model.memory_match=nearest   # another config
+  memseg bench --sections inference --skip-sweep --set model.memory_match=nearest   # time another config
   memseg bench --compare before.json after.json      # what changed, beyond the min-max noise
   memseg bench --compare main.json pr.json --max-regression 10   # exit 1 on a >10 % regression
   memseg bench sweep-scale --sizes 2x16x8 --json scale.json       # the sweep machinery at scale, simulated

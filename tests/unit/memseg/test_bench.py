@@ -120,6 +120,16 @@ def test_set_overrides_reach_the_config_and_the_bench_settings_win(tmp_path: Pat
     assert bench_config(BenchSettings(), tmp_path).model.memory_match == "aligned"
 
 
+def test_deployment_skips_its_figures_naming_why_when_the_config_cannot_be_exported(tmp_path: Path) -> None:
+    from memseg.bench import deployment
+
+    settings = BenchSettings(overrides=("model.memory_match=nearest",))
+    report = BenchReport(machine={}, settings={})
+    deployment.measure(settings, BenchData(tmp_path, [], []), report)  # refused before any data is read
+    assert set(report.figures) == {f.name for f in deployment.FIGURES}
+    assert all("model.memory_match=nearest cannot be exported" in str(v["skipped"]) for v in report.figures.values())
+
+
 def test_sections_declare_the_reported_figures_once_with_a_direction() -> None:
     figures = run.declared_figures()
     names = [f.name for f in figures]
