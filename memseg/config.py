@@ -154,6 +154,12 @@ class ModelConfig(_Section):
         description="'aligned' = difference to the same location of the closest memory sample (authors); "
         "'nearest' = to the closest memory feature at any location of any sample (for textures).",
     )
+    memory_coreset: int | None = Field(
+        None, ge=1, le=65536,
+        description="With memory_match=nearest: memory feature vectors kept per level, a greedy k-center "
+        "coreset, so matching costs locations x this instead of locations x every stored vector (needed to "
+        "export nearest matching). None = every vector. Ignored by 'aligned'.",
+    )
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
     map_smoothing_sigma: float = Field(
         4.0, ge=0.0, le=64.0,

@@ -80,6 +80,8 @@ TRIALS: dict[str, dict[str, Any]] = {
     "lr_0.12": {"optim.lr": 0.12},
     # Difference to the nearest memory feature anywhere instead of at the same location.
     "nearest_memory": {"model.memory_match": "nearest"},
+    # The same against a 2,048-vector greedy coreset per level: near aligned matching's cost at 256 px.
+    "nearest_coreset_2048": {"model.memory_match": "nearest", "model.memory_coreset": 2048},
     "head_init_default": {"model.head_init": "default"},
     "nearest_focal_heavy": {"model.memory_match": "nearest", "loss.l1_weight": 0.2, "loss.focal_weight": 0.8,
                             "loss.focal_gamma": 2.0},

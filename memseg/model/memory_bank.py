@@ -13,6 +13,10 @@ the whole memory are one ``torch.cdist(p=1)`` per level (no ``(B, N, C, H, W)`` 
 The memory features are registered buffers, so ``.to()``, ``state_dict()`` and checkpoints carry
 them; loading a state dict into a fresh, empty bank resizes the buffers. Everything is computed in
 float32, also under autocast: the distances sum ~10^5 terms and feed an unnormalised attention.
+
+``model.memory_match=nearest`` compares each location with the closest pooled vector at any location of
+any memory sample instead; ``model.memory_coreset`` bounds its cost by keeping a greedy k-center
+subset of those vectors per level (``coreset.py``), whose indices are buffers like the memory.
 See docs/model.md, "Memory module".
 """
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memseg.errors import MemSegError
+from memseg.model.coreset import greedy_coreset
 
 
 class MemoryNotBuiltError(MemSegError, RuntimeError):
@@ -37,10 +42,23 @@ class MemoryNotBuiltError(MemSegError, RuntimeError):
 _DISTANCE_BLOCK = 1 << 25
 
 
+def _vectors(feature: Tensor) -> Tensor:
+    """``(N, C, H, W)`` -> ``(N * H * W, C)``: one row per location, sample-major."""
+    return feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1])
+
+
 def _nearest_rows(queries: Tensor, keys: Tensor) -> Tensor:
     """Index of each query's nearest key (L2), computed in blocks of queries."""
     step = max(1, _DISTANCE_BLOCK // max(1, keys.shape[0]))
     return torch.cat([torch.cdist(queries[i : i + step], keys).argmin(dim=1) for i in range(0, queries.shape[0], step)])
+
+
+def _nearest_by_product(queries: Tensor, keys: Tensor) -> Tensor:
+    """Index of each query's nearest key (L2) from a matrix product and an argmin: ops every ONNX
+    runtime has, in one block (the exported graph's batch is dynamic, so it cannot be split into a
+    known number of blocks; the keys are a coreset, so the block is bounded by the batch).
+    ``|q|^2`` is the same for every key of a query and drops out of the argmin."""
+    return ((keys * keys).sum(dim=1)[None] - 2.0 * queries @ keys.T).argmin(dim=1)
 
 
 def _l1_to_each_sample(pooled: Tensor, memory: Tensor) -> Tensor:
@@ -78,6 +96,7 @@ class MemoryBank(nn.Module):
         pooling: bool = True,
         per_level_selection: bool = True,
         match: Literal["aligned", "nearest"] = "aligned",
+        coreset: int | None = None,
     ) -> None:
         """Create an empty bank.
 
@@ -90,6 +109,8 @@ class MemoryBank(nn.Module):
             match: ``aligned`` compares each location with the same location of the picked sample (the
                 authors'); ``nearest`` with the closest pooled feature vector at any location of any
                 sample (``model.memory_match``; docs/model.md, "Memory module").
+            coreset: with ``nearest``, keep this many memory vectors per level (greedy k-center,
+                ``model.memory_coreset``); ``None`` keeps every one. Ignored by ``aligned``.
         """
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -98,10 +119,14 @@ class MemoryBank(nn.Module):
         self.pooling = pooling
         self.per_level_selection = per_level_selection
         self.match = match
+        self.coreset = coreset
         # Set by memseg.export while tracing: the distances from ops every ONNX runtime has.
         self.export_friendly = False
         for k, c in enumerate(self.channels, start=1):
             self.register_buffer(f"level{k}", torch.zeros(0, c, 0, 0))
+            # Indices into the level's (N * H * W, C) vectors that nearest matching compares with;
+            # empty = every vector (exact nearest, or aligned matching).
+            self.register_buffer(f"coreset{k}", torch.zeros(0, dtype=torch.long))
 
     @property
     def levels(self) -> list[Tensor]:
@@ -136,8 +161,12 @@ class MemoryBank(nn.Module):
             raise ValueError(msg)
         for k, feature in enumerate(features, start=1):
             current = getattr(self, f"level{k}")
-            pooled = self._pool(feature.float()).contiguous()
-            setattr(self, f"level{k}", pooled.to(device=current.device))
+            pooled = self._pool(feature.float()).contiguous().to(device=current.device)
+            setattr(self, f"level{k}", pooled)
+            kept = torch.zeros(0, dtype=torch.long, device=current.device)
+            if self.match == "nearest" and self.coreset is not None:
+                kept = greedy_coreset(_vectors(pooled), self.coreset)
+            setattr(self, f"coreset{k}", kept)
 
     def forward(self, features: Sequence[Tensor]) -> MemoryComparison:
         """Compare a batch with the memory.
@@ -193,16 +222,31 @@ class MemoryBank(nn.Module):
         # gravel) need, where no memory sample lines up with the input pixel for pixel.
         indices = []
         differences = []
-        for p, m in zip(pooled, self.levels, strict=True):
+        for k, (p, m) in enumerate(zip(pooled, self.levels, strict=True), start=1):
             b, c, h, w = p.shape
-            queries = p.permute(0, 2, 3, 1).reshape(-1, c)
-            keys = m.permute(0, 2, 3, 1).reshape(-1, c)
-            nearest = _nearest_rows(queries, keys)
+            queries = _vectors(p)
+            keys = _vectors(m)
+            kept: Tensor = getattr(self, f"coreset{k}")
+            if kept.numel():
+                nearest = kept.index_select(0, self._nearest(queries, keys.index_select(0, kept)))
+            elif self.export_friendly:
+                msg = (
+                    "nearest matching against every memory vector is not exported (at 256 px and 30 memory images, "
+                    "layer1 alone is 4,096 x 122,880 distances per image): set model.memory_coreset"
+                )
+                raise RuntimeError(msg)
+            else:
+                nearest = _nearest_rows(queries, keys)
             matched = keys.index_select(0, nearest).reshape(b, h, w, c).permute(0, 3, 1, 2)
             differences.append((p - matched).abs_().mul_(self.diff_scale))
-            # The sample that supplied most of an image's matches, for inspection only.
-            indices.append(torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1).mode(dim=1).values)
+            samples = torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1)
+            # The sample that supplied most of an image's matches, for inspection only; the exported
+            # graph returns the map alone and has no mode, so there it is the first location's sample.
+            indices.append(samples[:, 0] if self.export_friendly else samples.mode(dim=1).values)
         return torch.stack(indices, dim=1), differences
+
+    def _nearest(self, queries: Tensor, keys: Tensor) -> Tensor:
+        return _nearest_by_product(queries, keys) if self.export_friendly else _nearest_rows(queries, keys)
 
     def _check_levels(self, features: Sequence[Tensor], where: str) -> None:
         if len(features) != len(self.channels):
@@ -233,7 +277,12 @@ class MemoryBank(nn.Module):
         error_msgs: list[str],
     ) -> None:
         # A fresh bank holds (0, C, 0, 0) placeholders; take the stored memory's shape so that a
-        # checkpoint loads into a model straight from create_model(cfg).
+        # checkpoint loads into a model straight from create_model(cfg); the same for the coreset.
+        for name in [f"coreset{k}" for k in range(1, len(self.channels) + 1)]:
+            incoming = state_dict.get(f"{prefix}{name}")
+            current = self._buffers[name]
+            if isinstance(incoming, Tensor) and current is not None and incoming.shape != current.shape:
+                self._buffers[name] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
         for k in range(1, len(self.channels) + 1):
             key = f"{prefix}level{k}"
             incoming = state_dict.get(key)
@@ -249,3 +298,9 @@ class MemoryBank(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        # Checkpoints written before the coreset existed compare with every vector, as they did.
+        for k in range(1, len(self.channels) + 1):
+            key = f"{prefix}coreset{k}"
+            if key not in state_dict and key in missing_keys:
+                missing_keys.remove(key)
+                self._buffers[f"coreset{k}"] = torch.zeros(0, dtype=torch.long, device=self.levels[0].device)

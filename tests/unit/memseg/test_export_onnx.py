@@ -102,10 +102,31 @@ def test_a_checkpoint_of_another_size_is_refused_naming_file_and_field(
     assert not any(tmp_path.iterdir())
 
 
-def test_nearest_memory_matching_is_refused_by_name(exported: tuple[Path, Path], tmp_path: Path) -> None:
+def test_nearest_memory_matching_without_a_coreset_is_refused_by_name(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
     model, cfg = load_checkpoint(exported[0])
-    with pytest.raises(ConfigError, match="model.memory_match=nearest"):
+    with pytest.raises(ConfigError, match=r"model.memory_match=nearest with model.memory_coreset unset"):
         export_onnx(model, cfg.with_overrides({"model.memory_match": "nearest"}), tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+def test_nearest_memory_matching_with_a_coreset_exports_to_the_same_maps(
+    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
+) -> None:
+    run, _ = exported
+    model, cfg = load_checkpoint(run)
+    cfg = cfg.with_overrides({"model.memory_match": "nearest", "model.memory_coreset": 64})
+    model.memory.match, model.memory.coreset = "nearest", 64
+    memory = torch.from_numpy(np.random.default_rng(1).random((model.memory_size, 3, 64, 64), dtype=np.float32))
+    model.build_memory(memory)
+    assert model.memory.coreset1.shape == (64,)
+    with torch.no_grad():
+        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
+    onnx_file = export_onnx(model, cfg, tmp_path / "m.onnx")
+    got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
+    np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
+    assert stored_config(onnx_file).model.memory_coreset == 64
 
 
 def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from memseg.model.coreset import greedy_coreset
 from memseg.model.memory_bank import MemoryBank, MemoryNotBuiltError
 from memseg.model.spatial_attention import spatial_attention
 
@@ -94,6 +95,87 @@ def test_nearest_match_in_small_blocks_gives_the_same_differences(monkeypatch: p
         torch.testing.assert_close(a, b)
 
 
+def test_coreset_keeps_one_vector_of_each_cluster_first() -> None:
+    # Three tight clusters of different sizes: a uniform draw of three would often miss the small
+    # one; greedy k-center reaches every cluster before a second vector of any.
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = (50, 30, 2)
+    vectors = torch.cat([c + 0.01 * torch.randn(n, 2, generator=gen) for c, n in zip(centres, sizes, strict=True)])
+    picked = greedy_coreset(vectors, 3)
+    cluster = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    assert sorted(cluster[picked].tolist()) == [0, 1, 2]
+    assert torch.equal(greedy_coreset(vectors, 3), picked)  # the same memory, the same coreset
+    assert torch.equal(greedy_coreset(vectors, 500), torch.arange(len(vectors)))
+    with pytest.raises(ValueError, match="size must be at least 1"):
+        greedy_coreset(vectors, 0)
+
+
+def test_nearest_match_with_a_coreset_compares_with_the_kept_vectors_only() -> None:
+    memory, batch = _features(4, seed=12), _features(2, seed=13)
+    bank = _bank(diff_scale=1.0, match="nearest", coreset=10)
+    bank.build(memory)
+    out = bank(batch)
+    for level, (x, m) in enumerate(zip(batch, memory, strict=True)):
+        px, pm = F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(m, 3, 1, 1)
+        every = pm.permute(0, 2, 3, 1).reshape(-1, pm.shape[1])
+        kept = getattr(bank, f"coreset{level + 1}")
+        assert kept.shape == (10,)
+        assert torch.equal(kept, greedy_coreset(every, 10))
+        keys = every[kept]
+        for i in range(px.shape[2]):
+            for j in range(px.shape[3]):
+                nearest = keys[((keys - px[1, :, i, j]) ** 2).sum(1).argmin()]
+                torch.testing.assert_close(out.differences[level][1, :, i, j], (px[1, :, i, j] - nearest).abs())
+
+
+def test_a_coreset_as_large_as_the_memory_is_exact_nearest_matching() -> None:
+    memory, batch = _features(3, seed=14), _features(2, seed=15)
+    exact, whole = _bank(match="nearest"), _bank(match="nearest", coreset=10_000)
+    exact.build(memory)
+    whole.build(memory)
+    for a, b in zip(exact(batch).differences, whole(batch).differences, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_coreset_matching_for_export_gives_the_same_differences() -> None:
+    memory, batch = _features(4, seed=16), _features(3, seed=17)
+    bank = _bank(match="nearest", coreset=12)
+    bank.build(memory)
+    expected = bank(batch)
+    bank.export_friendly = True
+    for a, b in zip(expected.differences, bank(batch).differences, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_exact_nearest_matching_refuses_the_export_graph() -> None:
+    bank = _bank(match="nearest")
+    bank.build(_features(2, seed=18))
+    bank.export_friendly = True
+    with pytest.raises(RuntimeError, match="model.memory_coreset"):
+        bank(_features(1, seed=19))
+
+
+def test_the_coreset_is_in_the_state_dict_and_an_older_state_dict_loads_without_one() -> None:
+    bank = _bank(match="nearest", coreset=5)
+    bank.build(_features(3, seed=20))
+    state = bank.state_dict()
+    assert tuple(state["coreset1"].shape) == (5,)
+    fresh = _bank(match="nearest", coreset=5)
+    fresh.load_state_dict(state)
+    batch = _features(2, seed=21)
+    for a, b in zip(bank(batch).differences, fresh(batch).differences, strict=True):
+        assert torch.equal(a, b)
+    older = {k: v for k, v in state.items() if not k.startswith("coreset")}
+    exact = _bank(match="nearest")
+    exact.load_state_dict(older)  # strict: the missing coreset is not an error
+    assert all(getattr(exact, f"coreset{k}").numel() == 0 for k in (1, 2, 3))
+    reference = _bank(match="nearest")
+    reference.build(_features(3, seed=20))
+    for a, b in zip(reference(batch).differences, exact(batch).differences, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_without_pooling_compares_raw_features() -> None:
     memory, batch = _features(4, seed=3), _features(2, seed=4)
     bank = _bank(pooling=False, diff_scale=1.0)
@@ -157,6 +239,7 @@ def test_memory_is_in_the_state_dict_and_loads_into_an_empty_bank() -> None:
     state = bank.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == {
         "level1": (3, 4, 8, 8), "level2": (3, 6, 4, 4), "level3": (3, 8, 2, 2),
+        "coreset1": (0,), "coreset2": (0,), "coreset3": (0,),
     }
     fresh = _bank()
     assert not fresh.is_built
