@@ -158,7 +158,8 @@ class ModelConfig(_Section):
         None, ge=1, le=65536,
         description="With memory_match=nearest: memory feature vectors kept per level, a greedy k-center "
         "coreset, so matching costs locations x this instead of locations x every stored vector (needed to "
-        "export nearest matching). None = every vector. Ignored by 'aligned'.",
+        "export nearest matching); 2048 lost exact matching's gain on realistic grass (docs/quality.md, section 9). "
+        "None = every vector. Ignored by 'aligned'.",
     )
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
     map_smoothing_sigma: float = Field(

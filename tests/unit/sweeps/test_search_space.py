@@ -84,22 +84,24 @@ def test_conditional_lr_ranges_follow_the_optimizer() -> None:
         study.tell(trial, 0.1)
 
 
-def test_wide_space_gives_nearest_matching_a_coreset_and_aligned_matching_none() -> None:
-    # Every nearest-matching trial stays exportable; an aligned trial never carries a coreset size.
+def test_wide_space_tries_exact_and_coreset_nearest_matching_and_no_coreset_with_aligned() -> None:
+    # Nearest-matching trials try exact matching and two coreset sizes; an aligned trial never
+    # carries a coreset size.
     base = resolve_for_category(MemSegConfig(), "carpet")
     space = load_space("wide").for_category(base, memory_pool=50)
     study = _study(space, seed=5)
-    seen = set()
+    matches, coresets = set(), set()
     for _ in range(40):
         trial = study.ask()
         cfg = trial_config(base, _sample(space, trial))
-        seen.add(cfg.model.memory_match)
+        matches.add(cfg.model.memory_match)
         if cfg.model.memory_match == "nearest":
-            assert cfg.model.memory_coreset in {1024, 2048, 4096}
+            coresets.add(cfg.model.memory_coreset)
         else:
             assert cfg.model.memory_coreset is None
         study.tell(trial, 0.1)
-    assert seen == {"aligned", "nearest"}
+    assert matches == {"aligned", "nearest"}
+    assert coresets == {None, 2048, 8192}
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
