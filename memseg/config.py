@@ -161,6 +161,12 @@ class ModelConfig(_Section):
         "export nearest matching); 2048 lost exact matching's gain on realistic grass (docs/quality.md, section 9). "
         "None = every vector. Ignored by 'aligned'.",
     )
+    memory_window: int | None = Field(
+        None, ge=0, le=64,
+        description="With memory_match=nearest: search only within this many feature cells of each location, in "
+        "every memory image (exact and local: N x (2r+1)^2 candidates per location instead of N x H x W; "
+        "exportable). None = anywhere. Not together with memory_coreset.",
+    )
     msff_fusion: bool = Field(True, description="Top-down fusion in MSFF (off = the authors' ablation).")
     map_smoothing_sigma: float = Field(
         4.0, ge=0.0, le=64.0,
@@ -173,6 +179,12 @@ class ModelConfig(_Section):
         "their Init() skips nested modules); 'normal' = conv N(0, 0.02), BN weight N(1, 0.02), the values "
         "their Init() names.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_bound_nearest_matching(self) -> ModelConfig:
+        if self.memory_coreset is not None and self.memory_window is not None:
+            raise ValueError("memory_coreset and memory_window cannot both be set (a coreset keeps no locations)")
+        return self
 
 
 class LossConfig(_Section):

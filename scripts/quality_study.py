@@ -82,6 +82,8 @@ TRIALS: dict[str, dict[str, Any]] = {
     "nearest_memory": {"model.memory_match": "nearest"},
     # The same against a 2,048-vector greedy coreset per level: near aligned matching's cost at 256 px.
     "nearest_coreset_2048": {"model.memory_match": "nearest", "model.memory_coreset": 2048},
+    # Exact nearest matching, but only within 3 feature cells of each location in every memory image.
+    "nearest_window_3": {"model.memory_match": "nearest", "model.memory_window": 3},
     "head_init_default": {"model.head_init": "default"},
     "nearest_focal_heavy": {"model.memory_match": "nearest", "loss.l1_weight": 0.2, "loss.focal_weight": 0.8,
                             "loss.focal_gamma": 2.0},

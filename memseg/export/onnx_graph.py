@@ -59,18 +59,19 @@ def check_exportable(cfg: MemSegConfig, *, opset: int, image_size: int | None, s
 
     Raises:
         ConfigError: an opset outside :data:`MIN_OPSET`..:data:`MAX_OPSET`, or ``model.memory_match=nearest``
-            without ``model.memory_coreset``.
+            without ``model.memory_coreset`` or ``model.memory_window``.
         CheckpointError: ``image_size`` given and not the checkpoint's ``data.image_size``.
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         msg = f"opset {opset} is not supported: the exporter writes opset {MIN_OPSET} to {MAX_OPSET}"
         raise ConfigError(msg)
-    if cfg.model.memory_match == "nearest" and cfg.model.memory_coreset is None:
+    bounded = cfg.model.memory_coreset is not None or cfg.model.memory_window is not None
+    if cfg.model.memory_match == "nearest" and not bounded:
         msg = (
-            f"{source}: model.memory_match=nearest with model.memory_coreset unset cannot be exported (every "
-            "location against every location of every memory sample is too large a graph: at 256 px and 30 "
-            "memory images, layer1 alone is 4,096 x 122,880 distances per image); train with "
-            "model.memory_coreset (e.g. 2048) or model.memory_match=aligned"
+            f"{source}: model.memory_match=nearest with neither model.memory_coreset nor model.memory_window set "
+            "cannot be exported (every location against every location of every memory sample is too large a "
+            "graph: at 256 px and 30 memory images, layer1 alone is 4,096 x 122,880 distances per image); train "
+            "with model.memory_window (e.g. 3), model.memory_coreset (e.g. 2048) or model.memory_match=aligned"
         )
         raise ConfigError(msg)
     if image_size is not None and image_size != cfg.data.image_size:

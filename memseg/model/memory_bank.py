@@ -16,7 +16,8 @@ float32, also under autocast: the distances sum ~10^5 terms and feed an unnormal
 
 ``model.memory_match=nearest`` compares each location with the closest pooled vector at any location of
 any memory sample instead; ``model.memory_coreset`` bounds its cost by keeping a greedy k-center
-subset of those vectors per level (``coreset.py``), whose indices are buffers like the memory.
+subset of those vectors per level (``coreset.py``), whose indices are buffers like the memory;
+``model.memory_window`` by searching only a window around each location, in every memory sample.
 See docs/model.md, "Memory module".
 """
 
@@ -40,6 +41,11 @@ class MemoryNotBuiltError(MemSegError, RuntimeError):
 # Rows x memory vectors of one distance block (128 MiB of float32): bounds the memory of ``nearest``
 # matching at any image size.
 _DISTANCE_BLOCK = 1 << 25
+
+
+# |m|^2 of cells outside the memory map in windowed matching: larger than any real squared distance,
+# finite so that products with it stay numbers.
+_OUTSIDE = 1e30
 
 
 def _vectors(feature: Tensor) -> Tensor:
@@ -97,6 +103,7 @@ class MemoryBank(nn.Module):
         per_level_selection: bool = True,
         match: Literal["aligned", "nearest"] = "aligned",
         coreset: int | None = None,
+        window: int | None = None,
     ) -> None:
         """Create an empty bank.
 
@@ -111,6 +118,8 @@ class MemoryBank(nn.Module):
                 sample (``model.memory_match``; docs/model.md, "Memory module").
             coreset: with ``nearest``, keep this many memory vectors per level (greedy k-center,
                 ``model.memory_coreset``); ``None`` keeps every one. Ignored by ``aligned``.
+            window: with ``nearest``, search only within this many cells of each location, in every
+                memory sample (``model.memory_window``); ``None`` searches everywhere.
         """
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -120,6 +129,10 @@ class MemoryBank(nn.Module):
         self.per_level_selection = per_level_selection
         self.match = match
         self.coreset = coreset
+        if coreset is not None and window is not None:
+            msg = "MemoryBank: coreset and window cannot both be set (a coreset keeps no locations)"
+            raise ValueError(msg)
+        self.window = window
         # Set by memseg.export while tracing: the distances from ops every ONNX runtime has.
         self.export_friendly = False
         for k, c in enumerate(self.channels, start=1):
@@ -191,7 +204,9 @@ class MemoryBank(nn.Module):
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             raw = [f.float() for f in features]
             pooled = [self._pool(f) for f in raw]
-            if self.match == "nearest":
+            if self.match == "nearest" and self.window is not None:
+                indices, differences = self._window_differences(pooled, self.window)
+            elif self.match == "nearest":
                 indices, differences = self._nearest_differences(pooled)
             else:
                 indices, differences = self._aligned_differences(pooled)
@@ -217,6 +232,42 @@ class MemoryBank(nn.Module):
         ]
         return indices, differences
 
+    def _window_differences(self, pooled: list[Tensor], radius: int) -> tuple[Tensor, list[Tensor]]:
+        # Exact nearest matching within (2r+1)^2 cells of each location in every memory sample: one
+        # running minimum over the offsets, each offset one batched product of (B, C) by (C, N) per
+        # location. Cells shifted in from outside the map get an infinite-like |m|^2, so the location
+        # itself (offset 0) always remains a candidate.
+        indices = []
+        differences = []
+        for p, m in zip(pooled, self.levels, strict=True):
+            b, c, h, w = p.shape
+            padded = F.pad(m, (radius, radius, radius, radius))
+            norms = F.pad((m * m).sum(dim=1), (radius, radius, radius, radius), value=_OUTSIDE)
+            best_score: Tensor | None = None
+            best_match: Tensor | None = None
+            best_sample: Tensor | None = None
+            for dy in range(2 * radius + 1):
+                for dx in range(2 * radius + 1):
+                    shifted = padded[:, :, dy : dy + h, dx : dx + w]
+                    # (B, N, H, W): |m|^2 - 2 p.m; |p|^2 is the same for every candidate of a location.
+                    score = norms[None, :, dy : dy + h, dx : dx + w] - 2.0 * torch.einsum("bchw,nchw->bnhw", p, shifted)
+                    score, sample = score.min(dim=1)
+                    # The picked sample's vector at each location: rows of the shifted memory as (N*H*W, C).
+                    rows = sample.flatten(1) * (h * w) + torch.arange(h * w, device=p.device)[None]
+                    match = _vectors(shifted).index_select(0, rows.flatten()).reshape(b, h, w, c).permute(0, 3, 1, 2)
+                    if best_score is None or best_match is None or best_sample is None:
+                        best_score, best_match, best_sample = score, match, sample
+                        continue
+                    closer = score < best_score
+                    best_score = torch.where(closer, score, best_score)
+                    best_match = torch.where(closer[:, None], match, best_match)
+                    best_sample = torch.where(closer, sample, best_sample)
+            assert best_match is not None and best_sample is not None  # at least one offset
+            differences.append((p - best_match).abs_().mul_(self.diff_scale))
+            samples = best_sample.reshape(b, -1)
+            indices.append(samples[:, 0] if self.export_friendly else samples.mode(dim=1).values)
+        return torch.stack(indices, dim=1), differences
+
     def _nearest_differences(self, pooled: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         # Each location against every location of every sample: what stochastic textures (grass,
         # gravel) need, where no memory sample lines up with the input pixel for pixel.
@@ -232,7 +283,8 @@ class MemoryBank(nn.Module):
             elif self.export_friendly:
                 msg = (
                     "nearest matching against every memory vector is not exported (at 256 px and 30 memory images, "
-                    "layer1 alone is 4,096 x 122,880 distances per image): set model.memory_coreset"
+                    "layer1 alone is 4,096 x 122,880 distances per image): "
+                    "set model.memory_coreset or model.memory_window"
                 )
                 raise RuntimeError(msg)
             else:

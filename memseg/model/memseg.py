@@ -82,6 +82,7 @@ class MemSeg(nn.Module):
             per_level_selection=cfg.per_level_selection,
             match=cfg.memory_match,
             coreset=cfg.memory_coreset,
+            window=cfg.memory_window,
         )
         self.msff = MultiScaleFeatureFusion(channels, fusion=cfg.msff_fusion)
         self.decoder = UNetDecoder(self.encoder.out_channels, channels, self.extractor.stem_channels)

@@ -127,7 +127,7 @@ def test_deployment_skips_its_figures_naming_why_when_the_config_cannot_be_expor
     report = BenchReport(machine={}, settings={})
     deployment.measure(settings, BenchData(tmp_path, [], []), report)  # refused before any data is read
     assert set(report.figures) == {f.name for f in deployment.FIGURES}
-    assert all("model.memory_coreset unset cannot be exported" in str(v["skipped"]) for v in report.figures.values())
+    assert all("neither model.memory_coreset nor model.memory_window set cannot be exported" in str(v["skipped"]) for v in report.figures.values())
 
 
 def test_sections_declare_the_reported_figures_once_with_a_direction() -> None:

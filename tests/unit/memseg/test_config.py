@@ -57,3 +57,8 @@ def test_category_defaults_fill_only_unset_fields() -> None:
     assert pinned.model.memory_size == 7
     with pytest.raises(ValidationError, match="frozen"):
         screw.model.memory_size = 3  # type: ignore[misc]
+
+
+def test_a_coreset_and_a_window_together_are_refused_naming_both() -> None:
+    with pytest.raises(ConfigError, match=r"memory_coreset and memory_window cannot both be set"):
+        load_config(None, ["model.memory_match=nearest", "model.memory_coreset=2048", "model.memory_window=3"])

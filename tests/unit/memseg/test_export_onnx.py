@@ -106,7 +106,7 @@ def test_nearest_memory_matching_without_a_coreset_is_refused_by_name(
     exported: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model, cfg = load_checkpoint(exported[0])
-    with pytest.raises(ConfigError, match=r"model.memory_match=nearest with model.memory_coreset unset"):
+    with pytest.raises(ConfigError, match=r"model.memory_match=nearest with neither model.memory_coreset nor model.memory_window set"):
         export_onnx(model, cfg.with_overrides({"model.memory_match": "nearest"}), tmp_path / "m.onnx")
     assert not any(tmp_path.iterdir())
 
@@ -127,6 +127,20 @@ def test_nearest_memory_matching_with_a_coreset_exports_to_the_same_maps(
     got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
     np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
     assert stored_config(onnx_file).model.memory_coreset == 64
+
+
+def test_nearest_memory_matching_within_a_window_exports_to_the_same_maps(
+    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
+) -> None:
+    model, cfg = load_checkpoint(exported[0])
+    cfg = cfg.with_overrides({"model.memory_match": "nearest", "model.memory_window": 2})
+    model.memory.match, model.memory.window = "nearest", 2
+    with torch.no_grad():
+        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
+    onnx_file = export_onnx(model, cfg, tmp_path / "m.onnx")
+    got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
+    np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
+    assert stored_config(onnx_file).model.memory_window == 2
 
 
 def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:

@@ -176,6 +176,65 @@ def test_the_coreset_is_in_the_state_dict_and_an_older_state_dict_loads_without_
         assert torch.equal(a, b)
 
 
+def _window_brute_force(x: torch.Tensor, m: torch.Tensor, radius: int) -> torch.Tensor:
+    """|x - nearest memory vector within ``radius`` cells, any sample| by looping over locations."""
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    for b in range(x.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                cells = m[:, :, max(0, i - radius) : i + radius + 1, max(0, j - radius) : j + radius + 1]
+                keys = cells.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
+                nearest = keys[((keys - x[b, :, i, j]) ** 2).sum(1).argmin()]
+                out[b, :, i, j] = (x[b, :, i, j] - nearest).abs()
+    return out
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_window_match_is_the_nearest_vector_within_the_window_of_every_sample(radius: int) -> None:
+    memory, batch = _features(3, seed=22), _features(2, seed=23)
+    bank = _bank(diff_scale=1.0, match="nearest", window=radius)
+    bank.build(memory)
+    out = bank(batch)
+    for level, (x, m) in enumerate(zip(batch, memory, strict=True)):
+        expected = _window_brute_force(F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(m, 3, 1, 1), radius)
+        torch.testing.assert_close(out.differences[level], expected)
+
+
+def test_a_window_as_large_as_the_map_is_exact_nearest_matching() -> None:
+    memory, batch = _features(3, seed=24), _features(2, seed=25)
+    exact, windowed = _bank(match="nearest"), _bank(match="nearest", window=8)
+    exact.build(memory)
+    windowed.build(memory)
+    for a, b in zip(exact(batch).differences, windowed(batch).differences, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_window_match_finds_a_pattern_moved_by_less_than_the_window() -> None:
+    memory = _features(3, seed=26)
+    shifted = [torch.roll(m[2:3], shifts=(1, -1), dims=(2, 3)) for m in memory]
+    aligned, windowed = _bank(pooling=False), _bank(pooling=False, match="nearest", window=1)
+    aligned.build(memory)
+    windowed.build(memory)
+    assert all(di.abs().sum() > 0 for di in aligned(shifted).differences)
+    for di in windowed(shifted).differences:
+        # roll wraps around: the first row and the last column came from the far side of the map
+        assert torch.count_nonzero(di[..., 1:, :-1]) == 0
+    assert windowed(shifted).indices.tolist() == [[2, 2, 2]]
+
+
+def test_window_match_for_export_gives_the_same_differences_and_a_window_excludes_a_coreset() -> None:
+    memory, batch = _features(4, seed=27), _features(3, seed=28)
+    bank = _bank(match="nearest", window=1)
+    bank.build(memory)
+    expected = bank(batch)
+    bank.export_friendly = True
+    for a, b in zip(expected.differences, bank(batch).differences, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="coreset and window cannot both be set"):
+        _bank(match="nearest", window=1, coreset=8)
+
+
 def test_without_pooling_compares_raw_features() -> None:
     memory, batch = _features(4, seed=3), _features(2, seed=4)
     bank = _bank(pooling=False, diff_scale=1.0)
