@@ -111,36 +111,24 @@ def test_nearest_memory_matching_without_a_coreset_is_refused_by_name(
     assert not any(tmp_path.iterdir())
 
 
-def test_nearest_memory_matching_with_a_coreset_exports_to_the_same_maps(
-    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
-) -> None:
-    run, _ = exported
-    model, cfg = load_checkpoint(run)
-    cfg = cfg.with_overrides({"model.memory_match": "nearest", "model.memory_coreset": 64})
-    model.memory.match, model.memory.coreset = "nearest", 64
-    memory = torch.from_numpy(np.random.default_rng(1).random((model.memory_size, 3, 64, 64), dtype=np.float32))
-    model.build_memory(memory)
-    assert model.memory.coreset1.shape == (64,)
-    with torch.no_grad():
-        expected = model.anomaly_map(torch.from_numpy(images)).numpy()
-    onnx_file = export_onnx(model, cfg, tmp_path / "m.onnx")
-    got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
-    np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
-    assert stored_config(onnx_file).model.memory_coreset == 64
-
-
-def test_nearest_memory_matching_within_a_window_exports_to_the_same_maps(
-    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path
+@pytest.mark.parametrize(("field", "value"), [("coreset", 64), ("window", 2)])
+def test_nearest_memory_matching_with_a_bound_exports_to_the_same_maps(
+    exported: tuple[Path, Path], images: np.ndarray, tmp_path: Path, field: str, value: int
 ) -> None:
     model, cfg = load_checkpoint(exported[0])
-    cfg = cfg.with_overrides({"model.memory_match": "nearest", "model.memory_window": 2})
-    model.memory.match, model.memory.window = "nearest", 2
+    cfg = cfg.with_overrides({"model.memory_match": "nearest", f"model.memory_{field}": value})
+    model.memory.match = "nearest"
+    setattr(model.memory, field, value)
+    # Rebuilt, so that a coreset is picked from it.
+    memory = torch.from_numpy(np.random.default_rng(1).random((model.memory_size, 3, 64, 64), dtype=np.float32))
+    model.build_memory(memory)
+    assert model.memory.coreset1.shape == ((64,) if field == "coreset" else (0,))
     with torch.no_grad():
         expected = model.anomaly_map(torch.from_numpy(images)).numpy()
     onnx_file = export_onnx(model, cfg, tmp_path / "m.onnx")
     got = OnnxAnomalyModel(onnx_file).anomaly_map(images)
     np.testing.assert_allclose(got, expected, atol=MAP_TOLERANCE, rtol=0)
-    assert stored_config(onnx_file).model.memory_window == 2
+    assert getattr(stored_config(onnx_file).model, f"memory_{field}") == value
 
 
 def test_a_file_that_is_not_a_memseg_export_is_refused(tmp_path: Path) -> None:

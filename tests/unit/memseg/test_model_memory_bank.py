@@ -129,23 +129,30 @@ def test_nearest_match_with_a_coreset_compares_with_the_kept_vectors_only() -> N
                 torch.testing.assert_close(out.differences[level][1, :, i, j], (px[1, :, i, j] - nearest).abs())
 
 
-def test_a_coreset_as_large_as_the_memory_is_exact_nearest_matching() -> None:
+@pytest.mark.parametrize("bound", [{"coreset": 10_000}, {"window": 8}])
+def test_a_bound_that_covers_the_whole_memory_is_exact_nearest_matching(bound: dict) -> None:
     memory, batch = _features(3, seed=14), _features(2, seed=15)
-    exact, whole = _bank(match="nearest"), _bank(match="nearest", coreset=10_000)
+    exact, bounded = _bank(match="nearest"), _bank(match="nearest", **bound)
     exact.build(memory)
-    whole.build(memory)
-    for a, b in zip(exact(batch).differences, whole(batch).differences, strict=True):
+    bounded.build(memory)
+    for a, b in zip(exact(batch).differences, bounded(batch).differences, strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_coreset_matching_for_export_gives_the_same_differences() -> None:
+@pytest.mark.parametrize("bound", [{"coreset": 12}, {"window": 1}])
+def test_bounded_nearest_matching_for_export_gives_the_same_differences(bound: dict) -> None:
     memory, batch = _features(4, seed=16), _features(3, seed=17)
-    bank = _bank(match="nearest", coreset=12)
+    bank = _bank(match="nearest", **bound)
     bank.build(memory)
     expected = bank(batch)
     bank.export_friendly = True
     for a, b in zip(expected.differences, bank(batch).differences, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_window_and_a_coreset_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="coreset and window cannot both be set"):
+        _bank(match="nearest", window=1, coreset=8)
 
 
 def test_exact_nearest_matching_refuses_the_export_graph() -> None:
@@ -201,15 +208,6 @@ def test_window_match_is_the_nearest_vector_within_the_window_of_every_sample(ra
         torch.testing.assert_close(out.differences[level], expected)
 
 
-def test_a_window_as_large_as_the_map_is_exact_nearest_matching() -> None:
-    memory, batch = _features(3, seed=24), _features(2, seed=25)
-    exact, windowed = _bank(match="nearest"), _bank(match="nearest", window=8)
-    exact.build(memory)
-    windowed.build(memory)
-    for a, b in zip(exact(batch).differences, windowed(batch).differences, strict=True):
-        torch.testing.assert_close(a, b)
-
-
 def test_window_match_finds_a_pattern_moved_by_less_than_the_window() -> None:
     memory = _features(3, seed=26)
     shifted = [torch.roll(m[2:3], shifts=(1, -1), dims=(2, 3)) for m in memory]
@@ -221,18 +219,6 @@ def test_window_match_finds_a_pattern_moved_by_less_than_the_window() -> None:
         # roll wraps around: the first row and the last column came from the far side of the map
         assert torch.count_nonzero(di[..., 1:, :-1]) == 0
     assert windowed(shifted).indices.tolist() == [[2, 2, 2]]
-
-
-def test_window_match_for_export_gives_the_same_differences_and_a_window_excludes_a_coreset() -> None:
-    memory, batch = _features(4, seed=27), _features(3, seed=28)
-    bank = _bank(match="nearest", window=1)
-    bank.build(memory)
-    expected = bank(batch)
-    bank.export_friendly = True
-    for a, b in zip(expected.differences, bank(batch).differences, strict=True):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="coreset and window cannot both be set"):
-        _bank(match="nearest", window=1, coreset=8)
 
 
 def test_without_pooling_compares_raw_features() -> None:
