@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -42,7 +43,9 @@ def _name(prefix: str) -> str:
 def _client():
     from mlflow import MlflowClient
 
-    return MlflowClient()  # reads MLFLOW_TRACKING_URI and the credentials from the environment
+    # The credentials come from the environment; the URI is passed explicitly, because a tracking URI
+    # that an earlier test set with mlflow.set_tracking_uri would otherwise win over the environment's.
+    return MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
 
 
 def _log_model_run(client, experiment_id: str, tmp_path: Path) -> tuple[str, str]:
