@@ -264,8 +264,7 @@ class MemoryBank(nn.Module):
                     best_sample = torch.where(closer, sample, best_sample)
             assert best_match is not None and best_sample is not None  # at least one offset
             differences.append((p - best_match).abs_().mul_(self.diff_scale))
-            samples = best_sample.reshape(b, -1)
-            indices.append(samples[:, 0] if self.export_friendly else samples.mode(dim=1).values)
+            indices.append(self._main_sample(best_sample.reshape(b, -1)))
         return torch.stack(indices, dim=1), differences
 
     def _nearest_differences(self, pooled: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -291,11 +290,13 @@ class MemoryBank(nn.Module):
                 nearest = _nearest_rows(queries, keys)
             matched = keys.index_select(0, nearest).reshape(b, h, w, c).permute(0, 3, 1, 2)
             differences.append((p - matched).abs_().mul_(self.diff_scale))
-            samples = torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1)
-            # The sample that supplied most of an image's matches, for inspection only; the exported
-            # graph returns the map alone and has no mode, so there it is the first location's sample.
-            indices.append(samples[:, 0] if self.export_friendly else samples.mode(dim=1).values)
+            indices.append(self._main_sample(torch.div(nearest, h * w, rounding_mode="floor").reshape(b, -1)))
         return torch.stack(indices, dim=1), differences
+
+    def _main_sample(self, samples: Tensor) -> Tensor:
+        # The sample that supplied most of an image's (B, H*W) matches, for inspection only; the exported
+        # graph returns the map alone and has no mode, so there it is the first location's sample.
+        return samples[:, 0] if self.export_friendly else samples.mode(dim=1).values
 
     def _nearest(self, queries: Tensor, keys: Tensor) -> Tensor:
         return _nearest_by_product(queries, keys) if self.export_friendly else _nearest_rows(queries, keys)
