@@ -246,6 +246,7 @@ class MemoryBank(nn.Module):
             best_score: Tensor | None = None
             best_match: Tensor | None = None
             best_sample: Tensor | None = None
+            locations = torch.arange(h * w, device=p.device)[None]
             for dy in range(2 * radius + 1):
                 for dx in range(2 * radius + 1):
                     shifted = padded[:, :, dy : dy + h, dx : dx + w]
@@ -253,7 +254,7 @@ class MemoryBank(nn.Module):
                     score = norms[None, :, dy : dy + h, dx : dx + w] - 2.0 * torch.einsum("bchw,nchw->bnhw", p, shifted)
                     score, sample = score.min(dim=1)
                     # The picked sample's vector at each location: rows of the shifted memory as (N*H*W, C).
-                    rows = sample.flatten(1) * (h * w) + torch.arange(h * w, device=p.device)[None]
+                    rows = sample.flatten(1) * (h * w) + locations
                     match = _vectors(shifted).index_select(0, rows.flatten()).reshape(b, h, w, c).permute(0, 3, 1, 2)
                     if best_score is None or best_match is None or best_sample is None:
                         best_score, best_match, best_sample = score, match, sample
